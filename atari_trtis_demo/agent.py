@@ -1,0 +1,315 @@
+"""The ChainerRL DQN agent of the reproduction script, with atomic saves and clear loads.
+
+Hyperparameters are those of ChainerRL's ``examples/atari/reproduction/dqn`` (the
+Nature DQN paper's). The Q-network is ``NatureDQNHead`` + ``Linear(512, n_actions)``;
+its weights live in ``model.npz`` under the keys ``0/0..3/{W,b}`` and ``1/{W,b}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import uuid
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+# gym 0.22 is only ChainerRL's base-class library here (the envs are gymnasium's);
+# its import prints an "unmaintained" notice that would confuse users: swallow it.
+with contextlib.redirect_stderr(io.StringIO()):
+    import gym  # noqa: F401
+
+import chainer  # noqa: E402
+import chainer.links as L  # noqa: E402
+import numpy as np  # noqa: E402
+from chainer import optimizers  # noqa: E402
+from chainerrl import agents, explorers, links, replay_buffer  # noqa: E402
+from chainerrl.action_value import DiscreteActionValue  # noqa: E402
+
+from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE, scale_observation
+from atari_trtis_demo.errors import UserError
+
+AGENT_STATE_FILE = "agent_state.json"
+MODEL_FILE = "model.npz"
+# Shapes of a Nature DQN's weights in model.npz; the last layer's rows are n_actions.
+NATURE_DQN_SHAPES = {
+    "0/0/W": (32, STACK_SIZE, 8, 8),
+    "0/0/b": (32,),
+    "0/1/W": (64, 32, 4, 4),
+    "0/1/b": (64,),
+    "0/2/W": (64, 64, 3, 3),
+    "0/2/b": (64,),
+    "0/3/W": (512, 3136),
+    "0/3/b": (512,),
+    "1/W": (None, 512),
+    "1/b": (None,),
+}
+
+
+def make_q_function(n_actions: int) -> links.Sequence:
+    """Nature DQN: three conv layers, a 512-unit layer, one Q-value per action."""
+    return links.Sequence(links.NatureDQNHead(), L.Linear(512, n_actions), DiscreteActionValue)
+
+
+class AtomicSaveDQN(agents.DQN):
+    """ChainerRL's DQN whose ``save`` never leaves a half-written agent directory.
+
+    Every save in ChainerRL (``best/``, checkpoints, ``<t>_finish``, ``<t>_except``)
+    goes through ``agent.save``, so making this one method atomic protects them all:
+    the files are written to a sibling temporary directory, flushed to disk, and
+    swapped in with renames. A crash or kill at any moment leaves either the old
+    directory or the new one (or, between the two renames, the old one under a
+    ``.old-*`` name that :func:`load_agent` recovers).
+    """
+
+    def save(self, dirname: str) -> None:
+        dirname = os.path.normpath(dirname)
+        tag = uuid.uuid4().hex[:8]
+        tmp = f"{dirname}.tmp-{tag}"
+        old = f"{dirname}.old-{tag}"
+        try:
+            super().save(tmp)
+            with open(os.path.join(tmp, AGENT_STATE_FILE), "w") as f:
+                json.dump({"t": int(self.t), "n_actions": int(self.n_actions)}, f)
+            _fsync_tree(tmp)
+            if os.path.exists(dirname):
+                os.rename(dirname, old)
+            os.rename(tmp, dirname)
+            _fsync_dir(os.path.dirname(dirname) or ".")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.isdir(dirname):  # otherwise `old` is the only copy left
+                shutil.rmtree(old, ignore_errors=True)
+
+    @property
+    def n_actions(self) -> int:
+        return int(_last_linear(self.model).W.shape[0])
+
+
+def _last_linear(model: chainer.Link) -> L.Linear:
+    # links() walks depth-first in definition order, so the last Linear is the output.
+    return [link for link in model.links() if isinstance(link, L.Linear)][-1]
+
+
+def _fsync_tree(path: str) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_agent(
+    n_actions: int,
+    *,
+    gpu: int = -1,
+    replay_start_size: int = 5 * 10**4,
+    replay_capacity: int = 10**6,
+    final_exploration_steps: int = 10**6,
+    start_epsilon: float = 1.0,
+    end_epsilon: float = 0.1,
+    target_update_interval: int = 10**4,
+    update_interval: int = 4,
+    gamma: float = 0.99,
+    lr: float = 2.5e-4,
+    minibatch_size: int = 32,
+    q_function: chainer.Link | None = None,
+    phi: Callable[[Any], np.ndarray] = scale_observation,
+) -> AtomicSaveDQN:
+    """The reproduction script's DQN. ``q_function`` replaces the Nature network (tests)."""
+    q_func = q_function if q_function is not None else make_q_function(n_actions)
+    # RMSprop as in the Nature paper (Graves' variant, centered, no momentum).
+    opt = optimizers.RMSpropGraves(lr=lr, alpha=0.95, momentum=0.0, eps=1e-2)
+    opt.setup(q_func)
+    explorer = explorers.LinearDecayEpsilonGreedy(
+        start_epsilon=start_epsilon,
+        end_epsilon=end_epsilon,
+        decay_steps=final_exploration_steps,
+        random_action_func=lambda: np.random.randint(n_actions),
+    )
+    return AtomicSaveDQN(
+        q_func,
+        opt,
+        replay_buffer.ReplayBuffer(replay_capacity),
+        gpu=gpu if gpu >= 0 else None,
+        gamma=gamma,
+        explorer=explorer,
+        replay_start_size=replay_start_size,
+        minibatch_size=minibatch_size,
+        target_update_interval=target_update_interval,
+        clip_delta=True,  # Huber loss
+        update_interval=update_interval,
+        batch_accumulator="sum",
+        phi=phi,
+    )
+
+
+def read_n_actions(model_dir: str) -> int:
+    """The action count of the Nature DQN saved in ``model_dir/model.npz``.
+
+    Raises :class:`UserError` naming the file when it is missing, unreadable, or
+    not a Nature DQN.
+    """
+    path = os.path.join(model_dir, MODEL_FILE)
+    shapes = read_weight_shapes(path)
+    for key, want in NATURE_DQN_SHAPES.items():
+        got = shapes.get(key)
+        if (
+            got is None
+            or len(got) != len(want)
+            or any(w is not None and w != g for w, g in zip(want, got, strict=True))
+        ):
+            shown = "missing" if got is None else list(got)
+            raise UserError(
+                f"{path}: not a Nature DQN: weight '{key}' is {shown}, expected "
+                f"{[w if w is not None else 'n_actions' for w in want]}"
+            )
+    return int(shapes["1/W"][0])
+
+
+def read_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Array shapes in an ``.npz`` file, with a one-line error for a missing or corrupt file."""
+    if not os.path.isfile(path):
+        parent = os.path.dirname(path) or "."
+        where = "directory does not exist" if not os.path.isdir(parent) else "file not found"
+        raise UserError(f"{path}: {where} (expected a ChainerRL agent directory with {MODEL_FILE})")
+    try:
+        with np.load(path) as data:
+            return {k: tuple(data[k].shape) for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UserError(f"{path}: corrupt or not an .npz file ({e})") from e
+
+
+def recover_interrupted_save(dirname: str) -> None:
+    """Bring back ``dirname`` if a save was killed between its two renames."""
+    dirname = os.path.normpath(dirname)
+    if os.path.exists(dirname):
+        return
+    parent = os.path.dirname(dirname) or "."
+    if not os.path.isdir(parent):
+        return
+    base = os.path.basename(dirname)
+    olds = sorted(n for n in os.listdir(parent) if n.startswith(base + ".old-"))
+    if olds:
+        os.rename(os.path.join(parent, olds[-1]), dirname)
+
+
+def load_agent(agent: agents.DQN, dirname: str, *, env_n_actions: int | None = None) -> None:
+    """Load a ChainerRL agent directory into ``agent`` with one-line errors.
+
+    Checks the directory, the file, the network shape and the action count before
+    handing over to ChainerRL, so a bad ``--load`` never ends in a deep traceback.
+    Only ``model.npz`` is required; ``target_model.npz`` and ``optimizer.npz`` are
+    loaded when present (ChainerRL's model zoo and ``best/`` have all three).
+    """
+    recover_interrupted_save(dirname)
+    if not os.path.isdir(dirname):
+        raise UserError(f"{dirname}: agent directory does not exist")
+    n_actions = read_n_actions(dirname)
+    expected = env_n_actions if env_n_actions is not None else _last_linear(agent.model).W.shape[0]
+    if n_actions != expected:
+        raise UserError(
+            f"{os.path.join(dirname, MODEL_FILE)}: the model has {n_actions} actions but the game has {expected}"
+        )
+    for attr in agent.saved_attributes:
+        path = os.path.join(dirname, f"{attr}.npz")
+        if attr != "model" and not os.path.exists(path):
+            continue
+        read_weight_shapes(path)  # a corrupt file is reported by name
+        try:
+            chainer.serializers.load_npz(path, getattr(agent, attr))
+        except (KeyError, ValueError) as e:
+            raise UserError(f"{path}: does not fit this agent ({e})") from e
+    state_path = os.path.join(dirname, AGENT_STATE_FILE)
+    if os.path.exists(state_path):
+        agent.t = read_agent_step(dirname)
+
+
+def read_agent_step(dirname: str) -> int:
+    """The training step at which ``dirname`` was saved, from its ``agent_state.json``."""
+    path = os.path.join(dirname, AGENT_STATE_FILE)
+    try:
+        with open(path) as f:
+            return int(json.load(f)["t"])
+    except FileNotFoundError as e:
+        raise UserError(f"{path}: not found (only checkpoints written by this project can be resumed)") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: corrupt ({e})") from e
+
+
+def greedy_q_values(model: chainer.Link, observations: np.ndarray) -> np.ndarray:
+    """Q-values (batch, n_actions) of ``model`` for scaled float32 observations."""
+    with chainer.using_config("train", False), chainer.no_backprop_mode():
+        return np.asarray(chainer.cuda.to_cpu(model(observations).q_values.array))
+
+
+def example_input(batch: int = 1) -> np.ndarray:
+    """A zero observation batch of the model's input shape."""
+    return np.zeros((batch, STACK_SIZE, FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
+
+
+def check_gpu(gpu: int) -> None:
+    """Fail at once, in one line, when ``--gpu N`` asks for CUDA that is not there."""
+    if gpu < 0:
+        return
+    from chainer.backends import cuda
+
+    if not cuda.available:
+        raise UserError(
+            f"--gpu {gpu}: CUDA is not available (CuPy is not installed or finds no GPU); "
+            "install a CuPy wheel for your CUDA (for example cupy-cuda12x) or pass --gpu -1 for the CPU"
+        )
+    import cupy
+
+    count = cupy.cuda.runtime.getDeviceCount()
+    if gpu >= count:
+        raise UserError(f"--gpu {gpu}: this machine has {count} GPU(s), numbered 0 to {count - 1}")
+
+
+# Where ChainerRL's model zoo lives; ATARI_DEMO_MODEL_ZOO_URL overrides it (a mirror,
+# or a file:// directory of archives in the tests).
+MODEL_ZOO_URL_VARIABLE = "ATARI_DEMO_MODEL_ZOO_URL"
+
+
+def download_pretrained(env_id: str, model_type: str) -> str:
+    """Fetch ChainerRL's pretrained DQN for ``env_id`` with its own downloader; the agent dir.
+
+    ChainerRL names archives by game (``DQN/Breakout/best.zip``); ``ALE/Breakout-v5``
+    maps to the same game as ``BreakoutNoFrameskip-v4``.
+    """
+    import urllib.error
+
+    from chainerrl.misc import pretrained_models
+
+    if os.environ.get(MODEL_ZOO_URL_VARIABLE):
+        pretrained_models.download_url = os.environ[MODEL_ZOO_URL_VARIABLE]
+    game = env_id.removeprefix("ALE/").split("-")[0].removesuffix("NoFrameskip")
+    where = f"{pretrained_models.download_url.rstrip('/')}/DQN/{game}/{model_type}.zip"
+    try:
+        path, _ = pretrained_models.download_model("DQN", f"{game}NoFrameskip-v4", model_type=model_type)
+    except urllib.error.URLError as e:
+        raise UserError(f"--load-pretrained: cannot download {where} ({getattr(e, 'reason', e)})") from e
+    except zipfile.BadZipFile as e:
+        shutil.rmtree(_zoo_dir(game), ignore_errors=True)  # never keep a bad archive cached
+        raise UserError(f"--load-pretrained: {where} is not a valid zip archive") from e
+    return path
+
+
+def _zoo_dir(game: str) -> str:
+    from chainer.dataset.download import get_dataset_directory
+
+    return get_dataset_directory(os.path.join("pfnet", "chainerrl", "models", "DQN", game))
