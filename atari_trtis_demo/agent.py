@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 from chainer import optimizers  # noqa: E402
 from chainerrl import agents, explorers, links, replay_buffer  # noqa: E402
 from chainerrl.action_value import DiscreteActionValue  # noqa: E402
+from chainerrl.agent import load_npz_no_strict  # noqa: E402
 
 from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE, scale_observation
 from atari_trtis_demo.errors import UserError
@@ -231,7 +233,14 @@ def load_agent(agent: agents.DQN, dirname: str, *, env_n_actions: int | None = N
             continue
         read_weight_shapes(path)  # a corrupt file is reported by name
         try:
-            chainer.serializers.load_npz(path, getattr(agent, attr))
+            if attr == "optimizer":
+                # An optimizer saved before the first update has no state arrays yet;
+                # ChainerRL loads it leniently for that reason (Chainer issue #2772).
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    load_npz_no_strict(path, agent.optimizer)
+            else:
+                chainer.serializers.load_npz(path, getattr(agent, attr))
         except (KeyError, ValueError) as e:
             raise UserError(f"{path}: does not fit this agent ({e})") from e
     state_path = os.path.join(dirname, AGENT_STATE_FILE)

@@ -46,8 +46,10 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("steps", "eval_n_steps", "eval_interval", "n_best_episodes", "replay_capacity"):
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.replay_start_size < 1 or args.checkpoint_freq < 0 or args.final_exploration_steps < 1:
-        raise UserError("--replay-start-size and --final-exploration-steps must be >= 1, --checkpoint-freq >= 0")
+    if args.replay_start_size < 32:  # ChainerRL asserts it covers one minibatch
+        raise UserError(f"--replay-start-size must be at least the minibatch size 32, got {args.replay_start_size}")
+    if args.checkpoint_freq < 0 or args.final_exploration_steps < 1:
+        raise UserError("--final-exploration-steps must be >= 1 and --checkpoint-freq >= 0 (0: no checkpoints)")
     chosen = [
         f
         for f, v in (("--load", args.load), ("--load-pretrained", args.load_pretrained), ("--resume", args.resume))

@@ -1,0 +1,276 @@
+"""The training stage: real (short) runs of train_dqn.py on Breakout, saves, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import chainer
+import numpy as np
+import pytest
+from chainerrl import agents, explorers, replay_buffer
+
+from atari_trtis_demo.agent import load_agent, make_agent, make_q_function, read_agent_step
+from atari_trtis_demo.envs import make_env
+from atari_trtis_demo.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "train_src" / "train_dqn.py"
+# A run short enough for a test: 300 agent steps, updates from step 200, two evaluations.
+SHORT_RUN = [
+    "--gpu", "-1", "--steps", "300", "--replay-start-size", "200", "--eval-interval", "150",
+    "--eval-n-steps", "100", "--n-best-episodes", "1", "--checkpoint-freq", "100",
+]  # fmt: skip
+
+
+def run_script(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def only_run_dir(outdir: Path) -> Path:
+    runs = [p for p in outdir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def params_of(agent: agents.DQN) -> dict[str, np.ndarray]:
+    return {name: np.array(p.array) for name, p in agent.model.namedparams()}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    outdir = tmp_path_factory.mktemp("results")
+    result = run_script(*SHORT_RUN, "--outdir", str(outdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return only_run_dir(outdir)
+
+
+def test_short_run_writes_chainerrl_layout(trained_run: Path) -> None:
+    names = set(os.listdir(trained_run))
+    assert {"args.txt", "command.txt", "scores.txt", "bestscores.json", "learning_curve.png", "best"} <= names
+    assert {"300_finish", "200_checkpoint", "300_checkpoint"} <= names
+    assert "100_checkpoint" not in names, "only the newest two checkpoints are kept"
+    assert "environ.txt" not in names, "environment variables must not be dumped"
+    assert not [n for n in names if ".tmp-" in n or ".old-" in n], "no leftovers of atomic saves"
+    for agent_dir in ("best", "300_finish", "300_checkpoint"):
+        assert {"model.npz", "target_model.npz", "optimizer.npz"} <= set(os.listdir(trained_run / agent_dir))
+    rows = (trained_run / "scores.txt").read_text().splitlines()
+    assert rows[0].split("\t")[:4] == ["steps", "episodes", "elapsed", "mean"]
+    steps = [int(r.split("\t")[0]) for r in rows[1:]]
+    assert len(steps) >= 2 and steps[-1] == 300 and steps[0] >= 150
+    assert json.loads((trained_run / "args.txt").read_text())["steps"] == 300
+    best = json.loads((trained_run / "bestscores.json").read_text())
+    assert best["episodes"] == 1 and {"mean", "median", "stdev", "max", "min"} <= set(best)
+    assert (trained_run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_agent_step(str(trained_run / "300_finish")) == 300
+
+
+def test_saved_agent_loads_back_and_acts(trained_run: Path) -> None:
+    env = make_env("BreakoutNoFrameskip-v4", train=False)
+    agent = make_agent(4)
+    untrained = params_of(agent)
+    load_agent(agent, str(trained_run / "best"), env_n_actions=4)
+    loaded = params_of(agent)
+    assert any(not np.array_equal(untrained[k], loaded[k]) for k in loaded)
+    obs, _ = env.reset(seed=0)
+    for _ in range(10):
+        action = agent.act(obs)
+        assert 0 <= action < 4
+        obs, *_ = env.step(action)
+    # Existing ChainerRL tools read the directory: a stock ChainerRL DQN loads it too.
+    q_func = make_q_function(4)
+    opt = chainer.optimizers.RMSpropGraves(lr=2.5e-4, alpha=0.95, momentum=0.0, eps=1e-2)
+    opt.setup(q_func)
+    explorer = explorers.ConstantEpsilonGreedy(0.0, lambda: 0)
+    stock = agents.DQN(q_func, opt, replay_buffer.ReplayBuffer(100), 0.99, explorer, replay_start_size=32)
+    stock.load(str(trained_run / "best"))
+    for key, value in params_of(stock).items():
+        assert np.array_equal(value, loaded[key])
+
+
+def test_resume_continues_the_step_count_and_the_scores(trained_run: Path, tmp_path: Path) -> None:
+    result = run_script(
+        *SHORT_RUN, "--steps", "500", "--outdir", str(tmp_path), "--resume", str(trained_run)
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "at step 300" in result.stderr
+    run = only_run_dir(tmp_path)
+    assert read_agent_step(str(run / "500_finish")) == 500
+    assert not (run / "100_checkpoint").exists() and not (run / "300_checkpoint").exists()
+    steps = [int(r.split("\t")[0]) for r in (run / "scores.txt").read_text().splitlines()[1:]]
+    previous = [int(r.split("\t")[0]) for r in (trained_run / "scores.txt").read_text().splitlines()[1:]]
+    assert steps[: len(previous)] == previous, "the resumed run keeps the earlier scores"
+    assert len(steps) > len(previous) and steps[-1] > 300, "the resumed run evaluates after step 450"
+    assert json.loads((run / "args.txt").read_text())["resume"] == str(trained_run)
+
+
+class _FailAfter:
+    """Makes chainer's save_npz fail on its n-th call, after writing half a file."""
+
+    def __init__(self, real, n: int) -> None:
+        self.real, self.n, self.calls = real, n, 0
+
+    def __call__(self, file, obj, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.n:
+            with open(file, "wb") as f:
+                f.write(b"PK\x03\x04 half a zip")
+            raise OSError(28, "No space left on device (injected)")
+        return self.real(file, obj, *args, **kwargs)
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3])
+def test_failed_save_leaves_the_previous_agent_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_on: int):
+    agent = make_agent(4)
+    target = tmp_path / "best"
+    agent.save(str(target))
+    before = params_of(agent)
+    for param in agent.model.params():
+        param.array += 1.0
+    import chainerrl.agent
+
+    monkeypatch.setattr(chainerrl.agent.serializers, "save_npz", _FailAfter(chainer.serializers.save_npz, fail_on))
+    with pytest.raises(OSError, match="injected"):
+        agent.save(str(target))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["best"], "no temporary directory left behind"
+    fresh = make_agent(4)
+    load_agent(fresh, str(target))
+    for key, value in params_of(fresh).items():
+        assert np.array_equal(value, before[key])
+
+
+SAVE_LOOP = """
+import sys
+from atari_trtis_demo.agent import make_agent
+agent = make_agent(4)
+print("ready", flush=True)
+i = 0
+while True:
+    for p in agent.model.params():
+        p.array[...] = i
+    agent.save(sys.argv[1])
+    i += 1
+"""
+
+
+def test_killed_save_leaves_a_loadable_agent(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint"
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(target)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0 + rng.random())  # several saves of ~20 MB each happen meanwhile
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        agent = make_agent(4)
+        load_agent(agent, str(target))  # recovers a save killed between its renames
+        values = {float(p.array.flat[0]) for p in agent.model.params()}
+        assert len(values) == 1, "every array comes from the same save"
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--gpu", "-1", "--steps", "100000", "--replay-start-size", "50",
+         "--outdir", str(tmp_path)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if line.startswith("Output files are saved in"):
+            break
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    run = only_run_dir(tmp_path)
+    saved = [p for p in run.iterdir() if p.name.endswith("_except")]
+    assert len(saved) == 1 and f"--resume {saved[0]}" in err
+    assert read_agent_step(str(saved[0])) > 0
+    load_agent(make_agent(4), str(saved[0]))
+
+
+def _write_agent(path: Path, n_actions: int) -> Path:
+    make_agent(n_actions).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown-env", "missing-load", "corrupt-model", "wrong-action-count", "not-nature-dqn", "gpu", "resume-empty"],
+)
+def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
+    args = ["--gpu", "-1", "--steps", "10", "--outdir", str(tmp_path / "out")]
+    expect = []
+    if case == "unknown-env":
+        args += ["--env", "Breakout-v9"]
+        expect = ["Breakout-v9", "did you mean", "Breakout-v5"]
+    elif case == "missing-load":
+        args += ["--load", str(tmp_path / "nope")]
+        expect = [str(tmp_path / "nope"), "does not exist"]
+    elif case == "corrupt-model":
+        agent_dir = _write_agent(tmp_path / "agent", 4)
+        (agent_dir / "model.npz").write_bytes(b"not a zip at all")
+        args += ["--load", str(agent_dir)]
+        expect = [str(agent_dir / "model.npz"), "corrupt"]
+    elif case == "wrong-action-count":
+        agent_dir = _write_agent(tmp_path / "pong_agent", 6)
+        args += ["--load", str(agent_dir)]
+        expect = [str(agent_dir / "model.npz"), "6 actions", "4"]
+    elif case == "not-nature-dqn":
+        (tmp_path / "other").mkdir()
+        np.savez(tmp_path / "other" / "model.npz", **{"0/W": np.zeros((3, 3))})
+        args += ["--load", str(tmp_path / "other")]
+        expect = ["not a Nature DQN", "model.npz"]
+    elif case == "gpu":
+        args = ["--gpu", "0", "--steps", "10"]
+        expect = ["--gpu 0", "CUDA is not available", "--gpu -1"]
+    elif case == "resume-empty":
+        (tmp_path / "empty_run").mkdir()
+        args += ["--resume", str(tmp_path / "empty_run")]
+        expect = ["--resume", "no checkpoint"]
+    result = run_script(*args, timeout=180)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in expect:
+        assert word in lines[0]
+    assert not (tmp_path / "out").exists(), "a refused run writes nothing"
+
+
+def test_load_pretrained_uses_chainerrl_model_zoo_layout(tmp_path: Path) -> None:
+    # A model zoo laid out as ChainerRL's: <root>/DQN/<Game>/<best|final>.zip holding best/.
+    agent_dir = _write_agent(tmp_path / "best", 4)
+    zoo = tmp_path / "zoo" / "DQN" / "Breakout"
+    zoo.mkdir(parents=True)
+    with zipfile.ZipFile(zoo / "best.zip", "w") as archive:
+        for name in os.listdir(agent_dir):
+            archive.write(agent_dir / name, f"best/{name}")
+    env = {"ATARI_DEMO_MODEL_ZOO_URL": f"file://{tmp_path / 'zoo'}/", "CHAINER_DATASET_ROOT": str(tmp_path / "cache")}
+    common = ["--gpu", "-1", "--load-pretrained", "--demo", "--eval-n-steps", "60"]
+    result = run_script(*common, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "n_episodes:" in result.stdout
+    assert (tmp_path / "cache" / "pfnet" / "chainerrl" / "models" / "DQN" / "Breakout" / "best" / "model.npz").exists()
+    missing = run_script(*common, "--pretrained-type", "final", env=env, timeout=300)
+    assert missing.returncode == 2
+    assert "error: --load-pretrained: cannot download" in missing.stderr and "final.zip" in missing.stderr
+
+
+def test_load_rejects_a_directory_saved_mid_way(tmp_path: Path) -> None:
+    agent_dir = _write_agent(tmp_path / "agent", 4)
+    (agent_dir / "model.npz").unlink()
+    with pytest.raises(UserError, match="model.npz: file not found"):
+        load_agent(make_agent(4), str(agent_dir))
