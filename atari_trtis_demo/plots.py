@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 
 from atari_trtis_demo.errors import UserError, run_cli
@@ -45,13 +46,24 @@ def plot_learning_curve(scores_path: str, png_path: str, title: str | None = Non
         ax.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training steps (agent steps = 4 frames)")
     ax.set_ylabel("evaluation score per game")
-    ax.set_title(title or os.path.basename(os.path.dirname(os.path.abspath(scores_path))))
+    ax.set_title(title or _run_title(scores_path))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, png_path)
+
+
+def _run_title(scores_path: str) -> str:
+    """``<env> <run directory name>``, the env read from the run's args.txt when present."""
+    run_dir = os.path.dirname(os.path.abspath(scores_path))
+    try:
+        with open(os.path.join(run_dir, "args.txt")) as f:
+            env = json.load(f).get("env", "")
+    except (OSError, ValueError, AttributeError):
+        env = ""
+    return f"{env} {os.path.basename(run_dir)}".strip()
 
 
 def main() -> None:

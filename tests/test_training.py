@@ -274,3 +274,29 @@ def test_load_rejects_a_directory_saved_mid_way(tmp_path: Path) -> None:
     (agent_dir / "model.npz").unlink()
     with pytest.raises(UserError, match="model.npz: file not found"):
         load_agent(make_agent(4), str(agent_dir))
+
+
+def test_progress_line_shows_steps_rate_eta_epsilon_and_scores() -> None:
+    import io
+
+    from atari_trtis_demo.training import ProgressLine, format_duration
+
+    class Agent:
+        class explorer:  # noqa: N801 - shaped like ChainerRL's LinearDecayEpsilonGreedy
+            epsilon = 0.55
+
+    class Env:
+        recent_scores = [2.0, 4.0]
+
+    stream = io.StringIO()
+    progress = ProgressLine(total_steps=1000, step_offset=0, stream=stream, log_interval=0.0)
+    progress.window = [(progress.start - 10.0, 0)]  # 10 s ago at step 0
+    progress(Env(), Agent(), 500)
+    line = stream.getvalue()
+    assert line.endswith("\n") and "\r" not in line, "no carriage returns in a log file"
+    assert "step 500/1,000 (50.0%)" in line
+    assert "eps 0.550" in line and "game score 3.0 (last 2)" in line
+    rate = float(line.split(" steps/s")[0].split("| ")[-1])
+    assert 45 < rate <= 50  # 500 steps in a little over 10 s
+    assert "ETA 10s" in line or "ETA 9s" in line
+    assert [format_duration(s) for s in (12, 249, 7500, 3 * 86400 + 4 * 3600)] == ["12s", "4m 09s", "2h 05m", "3d 04h"]
