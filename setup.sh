@@ -31,5 +31,5 @@ pip -r requirements_server.txt -r requirements_client.txt -r requirements_dev.tx
 # onnx-chainer's metadata asks for chainer<7 and an onnx that does not build today.
 pip --no-deps onnx-chainer==1.6.0
 pip --no-build-isolation --no-deps -e .
-.venv/bin/python -c 'import chainer, chainerrl, onnx_chainer, ale_py, onnxruntime, pygame, tritonclient.grpc, atari_trtis_demo' \
+.venv/bin/python -c 'import atari_trtis_demo.agent, onnx_chainer, ale_py, onnxruntime, pygame, tritonclient.grpc' \
   && echo "environment ready in .venv/"
