@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole pipeline in a few minutes on a CPU, on a fresh machine:
+#   set-up -> a short real training run -> ONNX conversion into trtismodel/
+#   -> a real Triton server in the background -> headless remote play (sync, then
+#   async) and standalone play, with statistics, a gameplay GIF and a screenshot
+#   -> the server stopped.
+# Environment knobs: DEMO_ENV (BreakoutNoFrameskip-v4), DEMO_STEPS (training steps,
+# 3000), DEMO_PLAY_STEPS (agent steps per game, 600), DEMO_PORT (first of three free
+# ports, 18000), DEMO_OUT (demo_output).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+ENV_ID=${DEMO_ENV:-BreakoutNoFrameskip-v4}
+STEPS=${DEMO_STEPS:-3000}
+PLAY_STEPS=${DEMO_PLAY_STEPS:-600}
+PORT=${DEMO_PORT:-18000}
+OUT=${DEMO_OUT:-demo_output}
+GRPC_PORT=$((PORT + 1))
+PY=.venv/bin/python
+export SDL_VIDEODRIVER=${SDL_VIDEODRIVER:-dummy}  # no display needed; the window is still drawn
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "1/6 set-up (.venv)"
+./setup.sh
+
+mkdir -p "$OUT"
+step "2/6 training a DQN on $ENV_ID for $STEPS steps (CPU)"
+$PY train_src/train_dqn.py --env "$ENV_ID" --gpu -1 --outdir "$OUT/results" --steps "$STEPS" \
+  --replay-start-size 1000 --final-exploration-steps 2000 --eval-interval 1500 --eval-n-steps 1000 \
+  --n-best-episodes 1 --checkpoint-freq 0
+RUN=$(ls -d "$OUT"/results/*/ | sort | tail -n 1)
+echo "run directory: $RUN (learning curve: ${RUN}learning_curve.png)"
+
+step "3/6 converting ${RUN}best to ONNX into trtismodel/"
+$PY onnx_converter_src/converter.py --model "${RUN}best" --repository trtismodel --version 1 --force \
+  --instance-kind KIND_CPU --env "$ENV_ID"
+
+step "4/6 serving trtismodel/ with Triton on 127.0.0.1:$GRPC_PORT"
+$PY -m atari_trtis_demo.serve --model-repository trtismodel --http-port "$PORT" --grpc-port "$GRPC_PORT" \
+  --metrics-port $((PORT + 2)) > "$OUT/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  grep -q "ready at" "$OUT/serve.log" && break
+  kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.log"; exit 1; }
+  sleep 1
+done
+grep "ready at" "$OUT/serve.log" || { echo "server not ready after 120 s"; cat "$OUT/serve.log"; exit 1; }
+
+PLAY=(--env "$ENV_ID" --episodes 1 --max-steps "$PLAY_STEPS" --seed 0)
+step "5/6 remote play through Triton: --sync, then asynchronous"
+$PY src/app.py --host 127.0.0.1 --port "$GRPC_PORT" --sync --headless "${PLAY[@]}" --json "$OUT/remote_sync.json"
+$PY src/app.py --host 127.0.0.1 --port "$GRPC_PORT" "${PLAY[@]}" --rendering_scale 3 \
+  --record "$OUT/gameplay.gif" --screenshot "$OUT/app_running.png" --json "$OUT/remote_async.json"
+
+step "6/6 standalone play with local Chainer inference"
+$PY standalone_src/app.py --modelpath "${RUN}best" --headless "${PLAY[@]}" --json "$OUT/standalone.json"
+
+kill -TERM $SERVER
+wait $SERVER || true
+trap - EXIT
+step "done"
+echo "statistics: $OUT/remote_sync.json $OUT/remote_async.json $OUT/standalone.json"
+echo "pictures:   $OUT/gameplay.gif $OUT/app_running.png ${RUN}learning_curve.png"

@@ -1,0 +1,203 @@
+"""Stage 2: ChainerRL agent -> ONNX -> Triton model repository, checked with onnxruntime."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from atari_trtis_demo import onnx_export
+from atari_trtis_demo.agent import greedy_q_values, make_agent
+from atari_trtis_demo.envs import OldGymAPI, make_env
+from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.onnx_export import convert, load_q_function, observation_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "onnx_converter_src" / "converter.py"
+
+
+def train_tiny_agent(env_id: str, path: Path, steps: int = 80) -> Path:
+    """A few real DQN updates on real frames, so the weights are not the initial ones."""
+    env = OldGymAPI(make_env(env_id, train=True), seed=0)
+    agent = make_agent(env.action_space.n, replay_start_size=32, update_interval=1)
+    obs, reward = env.reset(), 0.0
+    for _ in range(steps):
+        obs, reward, done, info = env.step(agent.act_and_train(obs, reward))
+        if done or info.get("needs_reset"):
+            agent.stop_episode_and_train(obs, reward, done)
+            obs, reward = env.reset(), 0.0
+    agent.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def breakout_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_agent("BreakoutNoFrameskip-v4", tmp_path_factory.mktemp("breakout") / "best")
+
+
+@pytest.fixture(scope="module")
+def pong_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_agent("PongNoFrameskip-v4", tmp_path_factory.mktemp("pong") / "best")
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its hash: to prove a failed run changed nothing."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(path.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("game", ["breakout", "pong"])
+def test_repository_model_matches_chainer_and_config_is_triton_valid(
+    game: str, breakout_agent: Path, pong_agent: Path, tmp_path: Path
+) -> None:
+    agent_dir, env_id, n_actions = {
+        "breakout": (breakout_agent, "BreakoutNoFrameskip-v4", 4),
+        "pong": (pong_agent, "PongNoFrameskip-v4", 6),
+    }[game]
+    repo = tmp_path / "trtismodel"
+    result = convert(str(agent_dir), repository=str(repo), env_id=env_id, max_batch_size=16, instance_kind="KIND_CPU")
+    assert result.n_actions == n_actions and result.max_abs_diff <= 1e-5
+    assert result.model_path == str(repo / "atari" / "1" / "model.onnx")
+
+    model = onnx.load(result.model_path)
+    weights = {init.name for init in model.graph.initializer}
+    assert [i.name for i in model.graph.input] == ["input"], "weights must not be graph inputs"
+    assert len(weights) == 10
+    assert "Reshape" not in {n.op_type for n in model.graph.node}
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    q_function, _ = load_q_function(str(agent_dir))
+    session = ort.InferenceSession(result.model_path, providers=["CPUExecutionProvider"])
+    frames = observation_samples(env_id, n=32, seed=3)
+    for batch in (1, 7, 32):
+        (got,) = session.run(["action"], {"input": frames[:batch]})
+        expected = greedy_q_values(q_function, frames[:batch])
+        assert got.shape == (batch, n_actions)
+        assert np.max(np.abs(got - expected)) <= 1e-5
+        assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+    config = text_format.Parse((repo / "atari" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "atari" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 16 and config.default_model_filename == "model.onnx"
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("input", model_config_pb2.TYPE_FP32, [4, 84, 84])
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("action", model_config_pb2.TYPE_FP32, [n_actions])
+    ]
+    assert config.HasField("dynamic_batching")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(1, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+
+
+def test_example_repository_config_is_triton_valid() -> None:
+    config = text_format.Parse(
+        (ROOT / "trtismodel" / "atari" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.platform == "onnxruntime_onnx" and list(config.input[0].dims) == [4, 84, 84]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_versions_are_numbered_and_never_overwritten_without_force(breakout_agent: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    first = convert(str(breakout_agent), repository=str(repo))
+    second = convert(str(breakout_agent), repository=str(repo))
+    assert first.model_path.endswith("/atari/1/model.onnx") and second.model_path.endswith("/atari/2/model.onnx")
+    before = tree_digest(repo)
+    with pytest.raises(UserError, match="--version 2: .* already exists"):
+        convert(str(breakout_agent), repository=str(repo), version=2)
+    assert tree_digest(repo) == before
+    convert(str(breakout_agent), repository=str(repo), version=2, force=True)
+    assert sorted(os.listdir(repo / "atari")) == ["1", "2", "config.pbtxt"], "no staging leftovers"
+
+
+def test_failed_verification_leaves_the_repository_untouched(
+    breakout_agent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    convert(str(breakout_agent), repository=str(repo))
+    before = tree_digest(repo)
+    real_export = onnx_export.export_onnx
+
+    def corrupted_export(q_function):  # a wrong weight: the export no longer matches Chainer
+        model = real_export(q_function)
+        bias = next(i for i in model.graph.initializer if i.name.endswith("_1_b"))
+        values = onnx.numpy_helper.to_array(bias).copy()
+        values[0] += 0.5
+        bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+        return model
+
+    monkeypatch.setattr(onnx_export, "export_onnx", corrupted_export)
+    with pytest.raises(UserError, match="verification failed at batch 1"):
+        convert(str(breakout_agent), repository=str(repo))
+    with pytest.raises(UserError, match="verification failed"):
+        convert(str(breakout_agent), out=str(tmp_path / "model.onnx"))
+    assert tree_digest(repo) == before
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def run_converter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_cli_out_file_as_in_2019_and_from_inside_its_directory(breakout_agent: Path, tmp_path: Path) -> None:
+    out = tmp_path / "onnxmodel" / "model.onnx"
+    result = run_converter("--model", str(breakout_agent), "--out", str(out), "--gpu", "0", cwd=SCRIPT.parent)
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout and f"wrote {out} (4 actions)" in result.stdout
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((3, 4, 84, 84), np.float32)})[0].shape == (3, 4)
+    again = run_converter("--model", str(breakout_agent), "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+@pytest.mark.parametrize("case", ["missing-dir", "missing-npz", "corrupt-npz", "not-nature-dqn", "unwritable"])
+def test_bad_input_is_one_line_and_leaves_the_repository_untouched(
+    case: str, breakout_agent: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "keep.txt").write_text("a file the user had")
+    model_dir = tmp_path / "agent"
+    args = ["--repository", str(repo)]
+    if case == "missing-dir":
+        expect = [str(model_dir), "does not exist"]
+    elif case == "missing-npz":
+        model_dir.mkdir()
+        expect = [str(model_dir / "model.npz"), "file not found"]
+    elif case == "corrupt-npz":
+        model_dir.mkdir()
+        (model_dir / "model.npz").write_bytes(b"\x00" * 100)
+        expect = [str(model_dir / "model.npz"), "corrupt"]
+    elif case == "not-nature-dqn":
+        model_dir.mkdir()
+        np.savez(model_dir / "model.npz", **{"0/0/W": np.zeros((16, 4, 8, 8), np.float32)})
+        expect = [str(model_dir / "model.npz"), "not a Nature DQN", "0/0/W"]
+    else:
+        model_dir = breakout_agent
+        locked = repo / "atari"
+        locked.mkdir()
+        locked.chmod(0o500)
+        if os.access(locked, os.W_OK):  # root ignores permissions: use a file where a directory must go
+            locked.chmod(0o700)
+            locked.rmdir()
+            locked.write_text("not a directory")
+        expect = ["--repository", "cannot write"]
+    before = tree_digest(repo)
+    result = run_converter("--model", str(model_dir), *args)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in expect:
+        assert word in errors[0]
+    assert tree_digest(repo) == before
