@@ -31,5 +31,9 @@ pip -r requirements_server.txt -r requirements_client.txt -r requirements_dev.tx
 # onnx-chainer's metadata asks for chainer<7 and an onnx that does not build today.
 pip --no-deps onnx-chainer==1.6.0
 pip --no-build-isolation --no-deps -e .
+# grpcio-tools, for scripts/generate_stubs.sh and the test that the committed stubs
+# match protos/, lives in its own venv: in .venv it would break `import chainer`.
+[ -x .venv-protoc/bin/python ] || "$PYTHON" -m venv .venv-protoc
+.venv-protoc/bin/python -m pip install --disable-pip-version-check -q -r requirements_protoc.txt
 .venv/bin/python -c 'import atari_trtis_demo.agent, onnx_chainer, ale_py, onnxruntime, pygame, tritonclient.grpc' \
   && echo "environment ready in .venv/"
