@@ -1,0 +1,289 @@
+"""Serving: a real tritonserver on 127.0.0.1, the official tritonclient and the project's client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from atari_trtis_demo.agent import make_agent
+from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.inference_client import (
+    InferenceClient,
+    InvalidRequest,
+    ModelNotReady,
+    RequestTimeout,
+    ServerUnavailable,
+)
+from atari_trtis_demo.onnx_export import convert
+from atari_trtis_demo.serve import read_repository, serving
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"atari": 4, "pong": 6}  # Breakout and Pong action counts
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository converted from fresh agents: Breakout as 'atari', Pong as 'pong'."""
+    root = tmp_path_factory.mktemp("serving")
+    for name, n_actions in MODELS.items():
+        agent_dir = root / f"agent_{name}"
+        make_agent(n_actions).save(str(agent_dir))
+        env_id = "PongNoFrameskip-v4" if name == "pong" else "BreakoutNoFrameskip-v4"
+        convert(str(agent_dir), repository=str(root / "trtismodel"), name=name, max_batch_size=8, env_id=env_id)
+    return root / "trtismodel"
+
+
+def start(repository: Path, grpc_port: int | None = None):
+    http, grpc_, metrics = free_ports(3)
+    return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics)
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path):
+    with start(repository) as running:
+        yield running
+
+
+def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["action"], {"input": frames})[0]
+
+
+def frames_batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 4, 84, 84), dtype=np.float32)
+
+
+def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "generate_stubs.sh"), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("kserve_v2_pb2.py", "grpc_service_pb2_grpc.py"):
+        built = (tmp_path / "atari_trtis_demo" / "kserve" / name).read_bytes()
+        assert built == (ROOT / "atari_trtis_demo" / "kserve" / name).read_bytes(), f"{name} is stale: regenerate"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_official_client_sees_the_model_and_gets_onnxruntime_answers(server, repository: Path, name: str) -> None:
+    client = triton.InferenceServerClient(server.grpc_target)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
+    meta = client.get_model_metadata(name)
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("input", "FP32", [-1, 4, 84, 84])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("action", "FP32", [-1, MODELS[name]])]
+    config = client.get_model_config(name).config
+    assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
+    for batch in (1, 7):
+        frames = frames_batch(batch, seed=batch)
+        tensor = triton.InferInput("input", list(frames.shape), "FP32")
+        tensor.set_data_from_numpy(frames)
+        got = client.infer(name, [tensor]).as_numpy("action")
+        np.testing.assert_allclose(got, local_q_values(repository, name, frames), rtol=0, atol=1e-6)
+    client.close()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_project_client_checks_the_model_and_gets_onnxruntime_answers(server, repository: Path, name: str) -> None:
+    with InferenceClient("127.0.0.1", server.grpc_port, name) as client:
+        assert client.n_actions == MODELS[name] and client.batched
+        frames = frames_batch(7, seed=11)
+        expected = local_q_values(repository, name, frames)
+        np.testing.assert_allclose(client.infer(frames), expected, rtol=0, atol=1e-6)
+        single = client.infer(frames[0])
+        assert single.shape == (MODELS[name],)
+        np.testing.assert_allclose(single, expected[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(client.infer_async(frames[3]).result(timeout=10), expected[3], rtol=0, atol=1e-6)
+        stats = client.stats.summary()
+        assert stats["count"] == 3 and 0 < stats["median_ms"] <= stats["p99_ms"]
+
+
+def _alter(request, case: str) -> None:
+    tensor = request.inputs[0]
+    if case == "input name":
+        tensor.name = "frames"
+    elif case == "shape":
+        del tensor.shape[:]
+        tensor.shape.extend([1, 4, 84, 83])
+    elif case == "data type":
+        tensor.datatype = "FP16"
+    elif case == "byte count":
+        request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+    elif case == "unknown model":
+        request.model_name = "no_such_model"
+
+
+@pytest.mark.parametrize(
+    "case, status",
+    [
+        ("input name", "INVALID_ARGUMENT"),
+        ("shape", "INVALID_ARGUMENT"),
+        ("data type", "INVALID_ARGUMENT"),
+        ("byte count", "INVALID_ARGUMENT"),
+        ("batch over max", "INVALID_ARGUMENT"),
+        ("unknown model", "NOT_FOUND"),
+    ],
+)
+def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, case: str, status: str) -> None:
+    with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
+        frames = frames_batch(9 if case == "batch over max" else 1)
+        request = client.build_request(frames)
+        _alter(request, case)
+        with pytest.raises(InvalidRequest) as err:
+            client.model_infer(request)
+        message = str(err.value)
+        assert status in message and f"127.0.0.1:{server.grpc_port}" in message and "\n" not in message
+        # The raw status as gRPC reports it, through the generated stub: the same code.
+        channel = grpc.insecure_channel(server.grpc_target)
+        from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+        with pytest.raises(grpc.RpcError) as raw:
+            GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        assert raw.value.code().name == status
+        channel.close()
+        # The next good request is served.
+        assert client.infer(frames_batch(1)).shape == (1, 4)
+
+
+def test_official_client_gets_the_same_refusals(server) -> None:
+    client = triton.InferenceServerClient(server.grpc_target)
+    wrong = triton.InferInput("frames", [1, 4, 84, 84], "FP32")
+    wrong.set_data_from_numpy(frames_batch(1))
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+        client.infer("atari", [wrong])
+    with pytest.raises(InferenceServerException):
+        client.infer("no_such_model", [wrong])
+    good = triton.InferInput("input", [1, 4, 84, 84], "FP32")
+    good.set_data_from_numpy(frames_batch(1))
+    assert client.infer("atari", [good]).as_numpy("action").shape == (1, 4)
+    client.close()
+
+
+def test_client_refuses_an_unknown_model_or_a_wrong_one_in_one_line(server, tmp_path: Path) -> None:
+    with pytest.raises(ModelNotReady, match=f"model 'breakout' not found or not ready on 127.0.0.1:{server.grpc_port}"):
+        InferenceClient("127.0.0.1", server.grpc_port, "breakout")
+
+
+def test_client_reports_a_down_server_within_its_deadline() -> None:
+    (port,) = free_ports(1)
+    start_time = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=f"cannot connect to 127.0.0.1:{port}") as err:
+        InferenceClient("127.0.0.1", port, "atari", timeout=2.0)
+    assert time.monotonic() - start_time < 2.0 + 1.0
+    assert "\n" not in str(err.value) and isinstance(err.value, UserError)
+
+
+def test_client_survives_a_server_restart(repository: Path) -> None:
+    (grpc_port,) = free_ports(1)
+    frames = frames_batch(1)
+    with start(repository, grpc_port) as first:
+        client = InferenceClient("127.0.0.1", first.grpc_port, "atari", timeout=2.0)
+        expected = client.infer(frames)
+    with pytest.raises((ServerUnavailable, RequestTimeout)):
+        client.infer(frames)
+    with start(repository, grpc_port):
+        deadline = time.monotonic() + 15
+        while True:  # the channel reconnects by itself; no new client is made
+            try:
+                np.testing.assert_array_equal(client.infer(frames), expected)
+                break
+            except ServerUnavailable:
+                assert time.monotonic() < deadline, "the client did not reconnect"
+                time.sleep(0.2)
+    client.close()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
+    http, grpc_port, metrics = free_ports(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atari_trtis_demo.serve", "--model-repository", str(repository),
+         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Triton log:"):
+            break
+    assert any(f"atari ready at 127.0.0.1:{grpc_port} (gRPC)" in line for line in lines), lines
+    workdir = str(Path(lines[-1].split()[2].rstrip(";")).parent)
+    assert _processes_mentioning(workdir), "tritonserver runs from its temporary directory"
+    with InferenceClient("127.0.0.1", grpc_port, "pong") as client:
+        assert client.infer(frames_batch(2)).shape == (2, 6)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "server stopped" in out
+    assert _processes_mentioning(workdir) == [], "no tritonserver or backend stub left"
+    assert not Path(workdir).exists(), "temporary files removed"
+
+
+@pytest.mark.parametrize("case", ["missing model file", "malformed config", "no model"])
+def test_bad_repository_fails_at_once_naming_the_file(case: str, repository: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    if case != "no model":
+        (repo / "atari").mkdir()
+        config = (repository / "atari" / "config.pbtxt").read_text()
+        if case == "malformed config":
+            (repo / "atari" / "1").mkdir()
+            (repo / "atari" / "1" / "model.onnx").write_bytes(b"")
+            config = config.replace("max_batch_size: 8", "max_batch_size: eight")
+        (repo / "atari" / "config.pbtxt").write_text(config)
+    expect = {
+        "missing model file": str(repo / "atari" / "1" / "model.onnx"),
+        "malformed config": str(repo / "atari" / "config.pbtxt"),
+        "no model": "no model in it",
+    }[case]
+    with pytest.raises(UserError) as err:
+        read_repository(repo)
+    assert expect in str(err.value) and "\n" not in str(err.value)
+    if case == "malformed config":
+        result = subprocess.run(
+            [sys.executable, "-m", "atari_trtis_demo.serve", "--model-repository", str(repo)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [f"error: {err.value}"]
+
+
+def test_client_module_does_not_import_chainer() -> None:
+    code = (
+        "import sys; sys.modules['chainer'] = None; sys.modules['chainerrl'] = None\n"
+        "import atari_trtis_demo.inference_client, atari_trtis_demo.serve\n"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
