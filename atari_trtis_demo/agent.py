@@ -260,6 +260,18 @@ def read_agent_step(dirname: str) -> int:
         raise UserError(f"{path}: corrupt ({e})") from e
 
 
+def load_q_function(model_dir: str) -> tuple[chainer.Link, int]:
+    """Only the Nature DQN of ``model_dir/model.npz`` (for export and play), and its action count."""
+    n_actions = read_n_actions(model_dir)  # one-line errors for missing/corrupt/non-DQN files
+    q_function = make_q_function(n_actions)
+    path = os.path.join(model_dir, MODEL_FILE)
+    try:
+        chainer.serializers.load_npz(path, q_function)
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path}: does not fit a Nature DQN ({e})") from e
+    return q_function, n_actions
+
+
 def greedy_q_values(model: chainer.Link, observations: np.ndarray) -> np.ndarray:
     """Q-values (batch, n_actions) of ``model`` for scaled float32 observations."""
     with chainer.using_config("train", False), chainer.no_backprop_mode():

@@ -213,7 +213,12 @@ class InferenceClient:
             if tensor.name == self.output_name:
                 if tensor.datatype != "FP32" or i >= len(response.raw_output_contents):
                     raise InvalidRequest(f"{self.address}: output '{tensor.name}' is {tensor.datatype}, not raw FP32")
-                return np.frombuffer(response.raw_output_contents[i], dtype="<f4").reshape(tuple(tensor.shape))
+                raw, shape = response.raw_output_contents[i], tuple(tensor.shape)
+                if len(raw) != 4 * int(np.prod(shape)):
+                    raise InvalidRequest(
+                        f"{self.address}: output '{tensor.name}' has {len(raw)} bytes for shape {list(shape)} FP32"
+                    )
+                return np.frombuffer(raw, dtype="<f4").reshape(shape)
         raise InvalidRequest(f"{self.address}: the answer has no output '{self.output_name}'")
 
     # -- errors ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import onnx
 import onnx_chainer
 import onnxruntime as ort
 
-from atari_trtis_demo.agent import MODEL_FILE, greedy_q_values, make_q_function, read_n_actions
+from atari_trtis_demo.agent import greedy_q_values, load_q_function
 from atari_trtis_demo.envs import RandomizeAction, find_wrapper, make_env, scale_observation
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.model_repository import (
@@ -61,18 +61,6 @@ class QValues(chainer.Chain):
 
     def forward(self, x: np.ndarray) -> chainer.Variable:
         return self.q_function(x).q_values
-
-
-def load_q_function(model_dir: str) -> tuple[chainer.Link, int]:
-    """The Nature DQN from ``model_dir/model.npz`` and its action count."""
-    n_actions = read_n_actions(model_dir)  # one-line errors for missing/corrupt/non-DQN files
-    q_function = make_q_function(n_actions)
-    path = os.path.join(model_dir, MODEL_FILE)
-    try:
-        chainer.serializers.load_npz(path, q_function)
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{path}: does not fit a Nature DQN ({e})") from e
-    return q_function, n_actions
 
 
 def export_onnx(q_function: chainer.Link) -> onnx.ModelProto:

@@ -11,7 +11,9 @@ import os
 import sys
 
 # Triton's stub runs Python in isolated mode, which ignores PYTHONPATH: serve passes
-# the site-packages of its own environment (onnxruntime) in this variable instead.
+# the site-packages of its own environment in this variable instead. It goes first so
+# that numpy comes from there too (numpy<2): with the base interpreter's numpy 2.x the
+# stub, built for numpy 1, returned empty output tensors.
 for _path in reversed(os.environ.get("ATARI_TRTIS_SITE_PACKAGES", "").split(os.pathsep)):
     if _path and _path not in sys.path:
         sys.path.insert(0, _path)

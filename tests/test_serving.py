@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from helpers import free_ports
 from tritonclient.utils import InferenceServerException
 
 from atari_trtis_demo.agent import make_agent
@@ -31,16 +31,6 @@ from atari_trtis_demo.serve import read_repository, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"atari": 4, "pong": 6}  # Breakout and Pong action counts
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,13 @@
+"""Play an Atari game whose every action comes from a Triton Inference Server over gRPC.
+
+    python src/app.py --host ${TRITON_IP} --port 8001 --sync
+
+The logic lives in ``atari_trtis_demo.game``; this file is the command users know.
+No Chainer is needed.
+"""
+
+from atari_trtis_demo.errors import run_cli
+from atari_trtis_demo.play_cli import remote_main
+
+if __name__ == "__main__":
+    run_cli(remote_main)

@@ -1,0 +1,12 @@
+"""Play an Atari game with the trained agent run locally by Chainer: no server.
+
+    python standalone_src/app.py --modelpath results/<run>/best
+
+The logic lives in ``atari_trtis_demo.game``; this file is the command users know.
+"""
+
+from atari_trtis_demo.errors import run_cli
+from atari_trtis_demo.play_cli import standalone_main
+
+if __name__ == "__main__":
+    run_cli(standalone_main)
