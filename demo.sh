@@ -34,7 +34,7 @@ echo "run directory: $RUN (learning curve: ${RUN}learning_curve.png)"
 
 step "3/6 converting ${RUN}best to ONNX into trtismodel/"
 $PY onnx_converter_src/converter.py --model "${RUN}best" --repository trtismodel --version 1 --force \
-  --instance-kind KIND_CPU --env "$ENV_ID"
+  --env "$ENV_ID"
 
 step "4/6 serving trtismodel/ with Triton on 127.0.0.1:$GRPC_PORT"
 $PY -m atari_trtis_demo.serve --model-repository trtismodel --http-port "$PORT" --grpc-port "$GRPC_PORT" \

@@ -1,0 +1,100 @@
+"""Headless play speed: random actions (the ceiling), standalone, remote sync, remote async.
+
+    .venv/bin/python bench/bench_play.py [--model DIR] [--steps 1000] [--rounds 3]
+
+All four play the same game (Breakout, seeded) for ``--steps`` agent steps per round,
+alternating within each round; remote play goes through a real tritonserver on
+127.0.0.1 started here with the model converted from ``--model`` (default: a fresh
+Nature DQN; speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from atari_trtis_demo.agent import make_agent
+from atari_trtis_demo.game import LocalChainerPolicy, PlayConfig, RemotePolicy, play
+from atari_trtis_demo.inference_client import InferenceClient, LatencyStats
+from atari_trtis_demo.onnx_export import convert
+from atari_trtis_demo.serve import serving
+
+
+class RandomPolicy:
+    """No model at all: what the env and the loop alone can do."""
+
+    name = "random actions"
+
+    def __init__(self, n_actions: int) -> None:
+        self.n_actions = n_actions
+        self.latency = LatencyStats()
+        self.rng = np.random.default_rng(0)
+
+    def q_values(self, frames: np.ndarray) -> np.ndarray:
+        return self.rng.random(self.n_actions)
+
+    def q_values_async(self, frames: np.ndarray) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(self.q_values(frames))
+        return future
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="ChainerRL agent directory (default: a fresh Breakout DQN)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=18301, help="gRPC port (HTTP and metrics use the next two)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or str(Path(tmp) / "agent")
+        if not args.model:
+            make_agent(4).save(model_dir)
+        convert(model_dir, repository=str(Path(tmp) / "trtismodel"), instance_kind="KIND_CPU")
+        with serving(
+            Path(tmp) / "trtismodel", grpc_port=args.port, http_port=args.port + 1, metrics_port=args.port + 2
+        ):
+            client = InferenceClient("127.0.0.1", args.port, "atari")
+            sides = {
+                "random actions (ceiling)": (RandomPolicy(4), True),
+                "standalone (Chainer), sync": (LocalChainerPolicy(model_dir), True),
+                "remote sync (Triton)": (RemotePolicy(client), True),
+                "remote async (Triton)": (RemotePolicy(client), False),
+            }
+            rates: dict[str, list[float]] = {name: [] for name in sides}
+            staleness: list[int] = []
+            for r in range(args.rounds):
+                order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                for name in order:
+                    policy, sync = sides[name]
+                    config = PlayConfig(sync=sync, headless=True, max_steps=args.steps, episodes=1, seed=r, fps=0)
+                    # A game may end early: play games until --steps are done.
+                    done, seconds = 0, 0.0
+                    while done < args.steps:
+                        config.max_steps = args.steps - done
+                        result = play(policy, config)
+                        done += result.steps
+                        seconds += result.seconds
+                        if not sync:
+                            staleness.extend(result.staleness)
+                    rates[name].append(done / seconds)
+            client.close()
+    print(f"{args.steps} agent steps per side and round, {args.rounds} rounds, sides alternating; medians:")
+    standalone = statistics.median(rates["standalone (Chainer), sync"])
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"  {name:28s} {median:8.1f} steps/s  ({median / standalone:5.2f}x standalone)")
+    s = np.array(staleness)
+    print(
+        f"  async staleness (agent steps): mean {s.mean():.2f}, p50 {np.percentile(s, 50):g}, "
+        f"p99 {np.percentile(s, 99):g}, max {s.max()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
