@@ -55,7 +55,7 @@ $PY src/app.py --host 127.0.0.1 --port "$GRPC_PORT" "${PLAY[@]}" --rendering_sca
   --record "$OUT/gameplay.gif" --screenshot "$OUT/app_running.png" --json "$OUT/remote_async.json"
 
 step "6/6 standalone play with local Chainer inference"
-$PY standalone_src/app.py --modelpath "${RUN}best" --headless "${PLAY[@]}" --json "$OUT/standalone.json"
+$PY standalone_src/app.py --modelpath "${RUN}best" --sync --headless "${PLAY[@]}" --json "$OUT/standalone.json"
 
 kill -TERM $SERVER
 wait $SERVER || true

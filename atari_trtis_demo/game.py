@@ -247,11 +247,24 @@ class PlayResult:
             s = self.staleness_summary()
             lines.append(
                 f"  staleness of applied actions (agent steps): mean {s['mean']:.2f}, p50 {s['p50']:g}, "
-                f"p99 {s['p99']:g}, max {s['max']}; histogram {s['histogram']}"
+                f"p99 {s['p99']:g}, max {s['max']}; histogram {staleness_buckets(self.staleness)}"
             )
         if self.fallback_switches:
             lines.append(f"  fell back to local inference {self.fallback_switches} time(s)")
         return "\n".join(lines)
+
+
+def staleness_buckets(staleness: list[int]) -> str:
+    """A short histogram: exact counts for 0-2 steps, then doubling ranges (3-4, 5-8, ...)."""
+    counts: Counter[str] = Counter()
+    for age in staleness:
+        if age <= 2:
+            counts[str(age)] += 1
+        else:
+            high = 1 << (age - 1).bit_length()
+            counts[f"{high // 2 + 1}-{high}"] += 1
+    order = sorted(counts, key=lambda k: int(k.split("-")[0]))
+    return ", ".join(f"{k}: {counts[k]}" for k in order)
 
 
 class Screen:
