@@ -202,18 +202,24 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
     # Many short games, so play is surely still going when the server dies.
     args = ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--episodes", "20", "--max-steps", "300",
             "--timeout", "2", "--json", str(tmp_path / "stats.json")]  # fmt: skip
-    args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync"]
+    args += ["--fallback-modelpath", str(agents["breakout"]), "--episodes", "40"] if fallback else ["--sync"]
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
         proc = start_game(args)
         time.sleep(6)  # playing against the server meanwhile
         server.stop()
-    out, err = proc.communicate(timeout=300)
+    if fallback:
+        time.sleep(2)  # playing locally meanwhile
+        with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics):  # the server is back
+            out, err = proc.communicate(timeout=300)
+    else:
+        out, err = proc.communicate(timeout=300)
     figures = json.loads((tmp_path / "stats.json").read_text())
     assert figures["requests"] > 0 and figures["steps"] > 0
     if fallback:
         assert proc.returncode == 0, err
         assert "playing on with local inference" in out and figures["fallback_switches"] == 1
-        assert len(figures["episodes"]) == 20 and figures["error"] is None
+        assert "back to remote inference" in out, "play returns to the restarted server"
+        assert len(figures["episodes"]) == 40 and figures["error"] is None
     else:
         assert proc.returncode == 1
         errors = [line for line in err.splitlines() if line.startswith("error:")]
