@@ -37,6 +37,8 @@ from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceSt
 
 TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")
 DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py"}
+# The python-backend twin's max_batch_size as Triton sees it (see twin_config).
+TWIN_BATCH_LIMIT = 2**24
 
 
 @dataclass
@@ -95,10 +97,20 @@ def twin_config(model: RepositoryModel) -> str:
         # The python backend would ask for a GPU it does not use; onnxruntime runs on the CPU here.
         group.kind = pb.ModelInstanceGroup.KIND_CPU
         del group.gpus[:]
+    if twin.max_batch_size > 0:
+        # Triton 2.51's python backend sums the first dimension of every request in an
+        # execution and fails them all when the sum passes max_batch_size. A request
+        # whose declared batch overflows (2**62) reaches it with the batch dimension
+        # stripped, counting 4 (the frame stack), while the dynamic batcher counted it
+        # as 0: one such request in a batch failed its batch mates. The twin gets a
+        # limit no real batch reaches; it enforces the model's own per request, and
+        # never runs onnxruntime on more than that at once.
+        twin.max_batch_size = TWIN_BATCH_LIMIT
     onnx_file = model.config.default_model_filename or "model.onnx"
     return (
         text_format.MessageToString(twin)
         + f'parameters: {{ key: "onnx_file" value: {{ string_value: "{onnx_file}" }} }}\n'
+        + f'parameters: {{ key: "max_batch_size" value: {{ string_value: "{model.config.max_batch_size}" }} }}\n'
     )
 
 

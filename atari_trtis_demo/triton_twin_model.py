@@ -4,6 +4,13 @@
 ``model.onnx``, because the tritonserver in the ``nvidia-pytriton`` wheel has the
 python backend only. It runs inside Triton's backend stub process, not in this
 package: it may import only numpy, onnxruntime and Triton's ``triton_python_backend_utils``.
+
+One server answers many players, so no request may hurt another: with dynamic
+batching Triton hands several requests to one ``execute`` call, and each is checked
+on its own before any runs. Triton's own check multiplies the declared dims to get
+the byte count, and a declared batch such as 2**62 overflows to the size of one frame
+stack and passes it; here such a request gets its own one-line error and the others
+of its batch are answered. Replies never carry a traceback or a server path.
 """
 
 import json
@@ -25,6 +32,21 @@ import triton_python_backend_utils as pb_utils  # noqa: E402  (provided by Trito
 if hasattr(ort, "disable_telemetry_events"):
     ort.disable_telemetry_events()
 
+# Config data types this twin can check, with their numpy and KServe v2 names.
+DATA_TYPES = {"TYPE_FP32": (np.float32, "FP32"), "TYPE_FP16": (np.float16, "FP16"), "TYPE_UINT8": (np.uint8, "UINT8")}
+
+
+class BadRequest(Exception):
+    """One request is malformed: the message is the one line its sender gets."""
+
+
+def error_response(message, code_name="INVALID_ARG"):
+    # Python backends from Triton 23.x on take an error code; INVALID_ARG reaches the
+    # client as gRPC INVALID_ARGUMENT, as Triton's own request checks do.
+    code = getattr(pb_utils.TritonError, code_name, None)
+    error = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -32,25 +54,88 @@ class TritonPythonModel:
         onnx_file = config["parameters"]["onnx_file"]["string_value"]
         path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.model_name = config["name"]
+        # The model's own limit: serve gives Triton a far larger one for the twin (see
+        # serve.twin_config), so that only this model, per request, refuses a batch.
+        self.max_batch_size = int(config["parameters"]["max_batch_size"]["string_value"])
+        # name -> (dims without the batch dimension, numpy dtype, KServe datatype)
+        self.inputs = {
+            tensor["name"]: ([int(d) for d in tensor["dims"]], *DATA_TYPES[tensor["data_type"]])
+            for tensor in config["input"]
+        }
         self.output_names = [tensor["name"] for tensor in config["output"]]
 
+    def checked_inputs(self, request):
+        """The request's input arrays and batch size, or BadRequest naming the tensor at fault."""
+        arrays, batch = {}, None
+        for name, (dims, dtype, datatype) in self.inputs.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise BadRequest(f"input '{name}' is missing")
+            shape = [int(d) for d in tensor.shape()]
+            dims_text = ", ".join(map(str, dims))
+            if self.max_batch_size:
+                ok = len(shape) == len(dims) + 1 and shape[1:] == dims and 1 <= shape[0] <= self.max_batch_size
+                expected = f"[n, {dims_text}] {datatype} with 1 <= n <= {self.max_batch_size}"
+            else:
+                ok, expected = shape == dims, f"[{dims_text}] {datatype}"
+            if not ok:
+                raise BadRequest(f"input '{name}': expected shape {expected}, got {shape}")
+            array = tensor.as_numpy()
+            if array.dtype != dtype:
+                raise BadRequest(f"input '{name}': expected {datatype}, got {array.dtype}")
+            if array.size != int(np.prod(shape, dtype=np.int64)):
+                raise BadRequest(f"input '{name}': {array.nbytes} bytes do not fill shape {shape} {datatype}")
+            n = shape[0] if self.max_batch_size else None
+            if arrays and n != batch:
+                raise BadRequest(f"input '{name}': batch {n} differs from the other inputs' {batch}")
+            arrays[name], batch = array, n
+        return arrays, batch
+
     def execute(self, requests):
-        # With dynamic batching Triton hands over several requests at once: run them as
-        # one onnxruntime batch, then split the outputs back per request.
-        feeds = {
-            name: np.concatenate([pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests])
-            for name in self.input_names
-        }
-        sizes = [pb_utils.get_input_tensor_by_name(r, self.input_names[0]).as_numpy().shape[0] for r in requests]
-        outputs = self.session.run(self.output_names, feeds)
-        responses = []
+        responses = [None] * len(requests)
+        accepted = []  # (index, arrays, batch size)
+        for index, request in enumerate(requests):
+            try:
+                arrays, batch = self.checked_inputs(request)
+            except BadRequest as e:
+                responses[index] = error_response(f"model '{self.model_name}': {e}")
+                continue
+            except Exception as e:  # never a traceback (with server paths) in a reply
+                print(f"{self.model_name}: unreadable request: {e!r}", file=sys.stderr, flush=True)
+                responses[index] = error_response(f"model '{self.model_name}': unreadable request")
+                continue
+            accepted.append((index, arrays, batch))
+        # onnxruntime runs at most max_batch_size frame stacks at once, as Triton's own
+        # batcher would form them; a model without a batch dimension runs each alone.
+        group, size = [], 0
+        for one in accepted:
+            batch = one[2] or self.max_batch_size + 1
+            if group and size + batch > self.max_batch_size:
+                self.run_batch(group, responses)
+                group, size = [], 0
+            group.append(one)
+            size += batch
+        if group:
+            self.run_batch(group, responses)
+        return responses
+
+    def run_batch(self, accepted, responses):
+        """Run every accepted request as one onnxruntime batch and split the outputs back."""
+        feeds = {name: np.concatenate([arrays[name] for _, arrays, _ in accepted]) for name in self.inputs}
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception as e:
+            print(f"{self.model_name}: onnxruntime failed: {e!r}", file=sys.stderr, flush=True)
+            for index, _, _ in accepted:
+                responses[index] = error_response(f"model '{self.model_name}': inference failed", "INTERNAL")
+            return
         start = 0
-        for size in sizes:
+        for index, _, batch in accepted:
+            rows = slice(start, start + batch) if batch is not None else slice(None)
             tensors = [
-                pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size]))
+                pb_utils.Tensor(name, np.ascontiguousarray(out[rows]))
                 for name, out in zip(self.output_names, outputs, strict=True)
             ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += size
-        return responses
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start += batch or 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -26,6 +28,8 @@ from atari_trtis_demo.inference_client import (
     RequestTimeout,
     ServerUnavailable,
 )
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.onnx_export import convert
 from atari_trtis_demo.serve import read_repository, serving
 
@@ -83,7 +87,9 @@ def test_official_client_sees_the_model_and_gets_onnxruntime_answers(server, rep
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("input", "FP32", [-1, 4, 84, 84])]
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("action", "FP32", [-1, MODELS[name]])]
     config = client.get_model_config(name).config
-    assert config.max_batch_size == 8 and config.HasField("dynamic_batching")
+    assert config.HasField("dynamic_batching")
+    # The python-backend twin keeps the model's limit as a parameter (see serve.twin_config).
+    assert config.parameters["max_batch_size"].string_value == "8" and config.max_batch_size > 8
     for batch in (1, 7):
         frames = frames_batch(batch, seed=batch)
         tensor = triton.InferInput("input", list(frames.shape), "FP32")
@@ -145,14 +151,109 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, 
         assert status in message and f"127.0.0.1:{server.grpc_port}" in message and "\n" not in message
         # The raw status as gRPC reports it, through the generated stub: the same code.
         channel = grpc.insecure_channel(server.grpc_target)
-        from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-
         with pytest.raises(grpc.RpcError) as raw:
             GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
         assert raw.value.code().name == status
         channel.close()
         # The next good request is served.
         assert client.infer(frames_batch(1)).shape == (1, 4)
+
+
+def triton_metric(server, metric: str, model: str = "atari") -> float:
+    """One per-model counter from Triton's Prometheus endpoint (summed over versions)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(metric + "{") and f'model="{model}"' in line
+    )
+
+
+def raw_request(shape: list[int], payload: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="atari")
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "input", "FP32"
+    tensor.shape.extend(shape)
+    request.raw_input_contents.append(payload)
+    return request
+
+
+def test_a_hostile_request_fails_alone_while_its_batch_mates_are_answered(server, repository: Path) -> None:
+    """Declared batches that overflow Triton's byte-count check, sent among good requests from 8 clients.
+
+    Triton merges concurrent requests into one execution; each bad one must get its own
+    one-line INVALID_ARGUMENT and every good one its right Q-values.
+    """
+    one_stack = frames_batch(1, seed=99)
+    overflowing = [[2**62, 4, 84, 84], [2**32, 4, 84, 84], [2**63 - 1, 4, 84, 84]]
+    executions_before = triton_metric(server, "nv_inference_exec_count")
+    requests_before = triton_metric(server, "nv_inference_request_success") + triton_metric(
+        server, "nv_inference_request_failure"
+    )
+    rounds = 60
+
+    def good_client(seed: int) -> list[str]:
+        problems = []
+        with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
+            for i in range(rounds):
+                frames = frames_batch(1 + (seed + i) % 3, seed=seed * 1000 + i)
+                try:
+                    got = client.infer(frames)
+                except InvalidRequest as e:
+                    problems.append(str(e))
+                    continue
+                if not np.allclose(got, local_q_values(repository, "atari", frames), rtol=0, atol=1e-5):
+                    problems.append(f"wrong Q-values in round {i}")
+        return problems
+
+    def hostile_client(seed: int) -> list[str]:
+        details = []
+        channel = grpc.insecure_channel(server.grpc_target)
+        stub = GRPCInferenceServiceStub(channel)
+        for i in range(rounds):
+            try:
+                stub.ModelInfer(raw_request(overflowing[(seed + i) % 3], one_stack.tobytes()), timeout=10)
+                details.append("answered")
+            except grpc.RpcError as e:
+                details.append(f"{e.code().name}: {e.details()}")
+        channel.close()
+        return details
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        good = [pool.submit(good_client, seed) for seed in range(4)]
+        hostile = [pool.submit(hostile_client, seed) for seed in range(4)]
+        problems = [p for f in good for p in f.result(timeout=300)]
+        replies = [d for f in hostile for d in f.result(timeout=300)]
+    assert problems == [], f"{len(problems)} good requests failed, e.g. {problems[:3]}"
+    assert len(replies) == 4 * rounds
+    assert any("expected shape [n, 4, 84, 84] FP32 with 1 <= n <= 8, got [4, 84, 84]" in d for d in replies), replies
+    for detail in set(replies):
+        # Refused by the model (overflowing batches) or by Triton's own size check.
+        assert detail.startswith("INVALID_ARGUMENT: ") and "input 'input'" in detail and "\n" not in detail, detail
+        assert "Traceback" not in detail and ".py" not in detail and "/" not in detail, detail
+    executions = triton_metric(server, "nv_inference_exec_count") - executions_before
+    requests = (
+        triton_metric(server, "nv_inference_request_success")
+        + triton_metric(server, "nv_inference_request_failure")
+        - requests_before
+    )
+    assert executions < requests, "Triton merged no requests: the test did not exercise a shared batch"
+
+    # A declared batch of 2**61 + 1 reaches the model as a batch of 1 (Triton 2.51's core
+    # truncates it to 32 bits): it gets the Q-values of the one stack it carries, no more.
+    channel = grpc.insecure_channel(server.grpc_target)
+    try:
+        reply = GRPCInferenceServiceStub(channel).ModelInfer(
+            raw_request([2**61 + 1, 4, 84, 84], one_stack.tobytes()), timeout=10
+        )
+        assert list(reply.outputs[0].shape) == [1, 4]
+        got = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(1, 4)
+        np.testing.assert_allclose(got, local_q_values(repository, "atari", one_stack), rtol=0, atol=1e-6)
+    except grpc.RpcError as e:  # a Triton with core's overflow fix refuses it outright
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        channel.close()
 
 
 def test_official_client_gets_the_same_refusals(server) -> None:
