@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import errno
+import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +36,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import text_format
 
+from atari_trtis_demo.cli_args import ArgumentParser, float_in, int_in, port
 from atari_trtis_demo.errors import UserError, run_cli
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -39,6 +45,9 @@ TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")
 DEFAULT_FILENAMES = {"onnxruntime_onnx": "model.onnx", "python": "model.py"}
 # The python-backend twin's max_batch_size as Triton sees it (see twin_config).
 TWIN_BATCH_LIMIT = 2**24
+WORKDIR_PREFIX = "atari-triton-"
+OWNER_FILE = "owner.json"  # in the workdir: the pid of the process that started Triton
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -177,6 +186,81 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+def check_ports(address: str, ports: dict[str, int]) -> None:
+    """Every port in range, distinct and free on ``address``: a taken one is named before Triton starts.
+
+    ``ports`` maps each flag (``--grpc-port``...) to its port. The probe binds as servers
+    do (SO_REUSEADDR), so only a listening socket counts as taken, not a closed one.
+    """
+    for flag, number in ports.items():
+        if not 1 <= number <= 65535:
+            raise UserError(f"{flag} {number}: not a TCP port (1-65535)")
+    if len(set(ports.values())) < len(ports):
+        raise UserError(f"{', '.join(f'{f} {n}' for f, n in ports.items())}: the ports must differ")
+    for flag, number in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, number))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise UserError(
+                        f"{flag} {number}: port {number} is in use on {address} (another server? "
+                        "stop it or choose another port)"
+                    ) from None
+                raise UserError(f"--address {address}: cannot listen there ({e.strerror})") from None
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)
+    # The kernel sends SIGKILL to Triton when the thread that started it dies, even
+    # by kill -9: no server outlives `serve` holding its ports.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def processes_using(path: str) -> list[int]:
+    """Pids whose command line mentions ``path`` (tritonserver and its backend stubs run from the workdir)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if path in cmdline and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def clean_stale_workdirs(tmpdir: str | None = None) -> list[Path]:
+    """Remove what a killed ``serve`` left: its temporary directory and any process still running from it.
+
+    A workdir whose owner process is alive is another server's and stays.
+    """
+    removed = []
+    for workdir in Path(tmpdir or tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = json.loads((workdir / OWNER_FILE).read_text())["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being set up right now, or not ours
+        if _alive(int(owner)):
+            continue
+        for pid in processes_using(str(workdir)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
+        removed.append(workdir)
+    return removed
+
+
 @dataclass
 class TritonServer:
     """A running tritonserver, its ports and its temporary files."""
@@ -193,6 +277,13 @@ class TritonServer:
     @property
     def grpc_target(self) -> str:
         return f"{self.address}:{self.grpc_port}"
+
+    def keep_log(self) -> Path:
+        """A copy of Triton's log outside the workdir, which :meth:`stop` removes: readable after a failure."""
+        kept = Path(tempfile.gettempdir()) / f"tritonserver-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        with contextlib.suppress(OSError):
+            shutil.copyfile(self.log_path, kept)
+        return kept
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop Triton and every process it started (backend stubs), then remove temporary files."""
@@ -223,11 +314,14 @@ def start_server(
     ready_timeout: float = 120.0,
 ) -> TritonServer:
     """Start tritonserver on ``repository`` and return once every model is ready."""
+    check_ports(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     models = read_repository(repository)
+    for stale in clean_stale_workdirs():
+        print(f"removed {stale}, left by a server that was killed", file=sys.stderr, flush=True)
     binary = pytriton_dir() / "bin" / "tritonserver"
     if not binary.is_file():
         raise UserError(f"{binary}: missing: nvidia-pytriton installed without its tritonserver")
-    workdir = Path(tempfile.mkdtemp(prefix="atari-triton-"))
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
     try:
         if backend_directory:
             repo, backends = Path(repository).resolve(), Path(backend_directory).resolve()
@@ -249,8 +343,14 @@ def start_server(
         ]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=server_environment(),
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
+        (workdir / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "tritonserver": process.pid}))
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -259,30 +359,55 @@ def start_server(
     )
     try:
         wait_until_ready(server, ready_timeout)
+    except UserError as e:
+        kept = server.keep_log()
+        server.stop()
+        raise UserError(f"{e} (Triton's log: {kept})") from None
     except BaseException:
         server.stop()
         raise
     return server
 
 
+# Lines every start on a machine without a GPU logs: not the reason a start failed.
+CPU_MACHINE_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA")
+PORT_IN_USE = (
+    re.compile(r"resolved for '(?P<address>[^']*):(?P<port>\d+)'"),  # gRPC
+    re.compile(r"Socket '(?P<address>[^']*):(?P<port>\d+)' already in use"),  # HTTP, metrics
+)
+
+
 def triton_errors(log_path: Path, limit: int = 3) -> str:
-    """The first error lines of Triton's log, shortened: what a user needs, not the whole log."""
+    """Why Triton failed, from its log: a taken port by name, else its first real error lines."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    for line in lines:
+        for pattern in PORT_IN_USE:
+            if match := pattern.search(line):
+                return f"port {match['port']} is in use on {match['address']}"
     errors = [
         line
         for line in lines
-        if (line.startswith("E") or "error" in line.lower() or "Failed" in line) and "CudaDriverHelper" not in line
+        if (line.startswith("E") or "error" in line.lower() or "Failed" in line)
+        and not any(noise in line for noise in CPU_MACHINE_NOISE)
     ]
     return " | ".join(line.strip()[:300] for line in errors[:limit])
 
 
 def wait_until_ready(server: TritonServer, timeout: float) -> None:
+    """Return when *this* tritonserver serves every model: alive, its own log says it listens, and ready.
+
+    The log line matters: another server on the port would answer ready too.
+    """
     connect = "127.0.0.1" if server.address in ("0.0.0.0", "") else server.address
     channel = grpc.insecure_channel(f"{connect}:{server.grpc_port}")
     stub = GRPCInferenceServiceStub(channel)
+    listening = [
+        f"Started GRPCInferenceService at {server.address}:{server.grpc_port}",
+        f"Started HTTPService at {server.address}:{server.http_port}",
+    ]
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -290,11 +415,15 @@ def wait_until_ready(server: TritonServer, timeout: float) -> None:
                 log = triton_errors(server.log_path) or "see its log"
                 raise UserError(f"tritonserver exited with code {server.process.returncode} at start: {log}")
             try:
-                if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready and all(
-                    stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=1).ready for name in server.models
+                log_text = server.log_path.read_text(errors="replace")
+                if (
+                    all(line in log_text for line in listening)
+                    and stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready
+                    and all(stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=1).ready for name in server.models)
+                    and server.process.poll() is None
                 ):
                     return
-            except grpc.RpcError:
+            except (grpc.RpcError, OSError):
                 pass
             time.sleep(0.2)
         raise UserError(f"tritonserver did not get ready within {timeout:.0f} s: {triton_errors(server.log_path)}")
@@ -313,15 +442,15 @@ def serving(repository: str | Path, **kwargs: object) -> Iterator[TritonServer]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Serve a Triton model repository with a real tritonserver on this machine.")
+    p = ArgumentParser(description="Serve a Triton model repository with a real tritonserver on this machine.")
     p.add_argument("--model-repository", required=True, help="the repository, e.g. trtismodel")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=port, default=8000)
+    p.add_argument("--grpc-port", type=port, default=8001)
+    p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--backend-directory", default=None, help="Triton backends with onnxruntime: serve as is")
-    p.add_argument("--log-verbose", type=int, default=0)
-    p.add_argument("--ready-timeout", type=float, default=120.0)
+    p.add_argument("--log-verbose", type=int_in(0, 3), default=0)
+    p.add_argument("--ready-timeout", type=float_in(0, low_open=True), default=120.0, help="seconds")
     return p
 
 
@@ -356,7 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stopping:
             if server.process.poll() is not None:
                 raise UserError(
-                    f"tritonserver exited with code {server.process.returncode}: {triton_errors(server.log_path)}"
+                    f"tritonserver exited with code {server.process.returncode}: {triton_errors(server.log_path)} "
+                    f"(Triton's log: {server.keep_log()})"
                 )
             time.sleep(0.2)
     finally:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +31,7 @@ from atari_trtis_demo.inference_client import (
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.onnx_export import convert
-from atari_trtis_demo.serve import read_repository, serving
+from atari_trtis_demo.serve import processes_using, read_repository, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"atari": 4, "pong": 6}  # Breakout and Pong action counts
@@ -304,18 +304,6 @@ def test_client_survives_a_server_restart(repository: Path) -> None:
     client.close()
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(int(pid))
-    return found
-
-
 def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
     http, grpc_port, metrics = free_ports(3)
     proc = subprocess.Popen(
@@ -330,14 +318,14 @@ def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
             break
     assert any(f"atari ready at 127.0.0.1:{grpc_port} (gRPC)" in line for line in lines), lines
     workdir = str(Path(lines[-1].split()[2].rstrip(";")).parent)
-    assert _processes_mentioning(workdir), "tritonserver runs from its temporary directory"
+    assert processes_using(workdir), "tritonserver runs from its temporary directory"
     with InferenceClient("127.0.0.1", grpc_port, "pong") as client:
         assert client.infer(frames_batch(2)).shape == (2, 6)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "server stopped" in out
-    assert _processes_mentioning(workdir) == [], "no tritonserver or backend stub left"
+    assert processes_using(workdir) == [], "no tritonserver or backend stub left"
     assert not Path(workdir).exists(), "temporary files removed"
 
 
@@ -378,3 +366,113 @@ def test_client_module_does_not_import_chainer() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "atari_trtis_demo.serve", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        pytest.param(["--grpc-port", "70000"], ["--grpc-port", "70000", "between 1 and 65535"], id="port-too-big"),
+        pytest.param(["--http-port", "0"], ["--http-port", "between 1 and 65535"], id="port-zero"),
+        pytest.param(["--metrics-port", "eighty"], ["--metrics-port", "'eighty'"], id="port-not-a-number"),
+        pytest.param(["--ready-timeout", "-1"], ["--ready-timeout", "above 0"], id="timeout-negative"),
+        pytest.param(["--log-verbose", "9"], ["--log-verbose", "between 0 and 3"], id="verbosity"),
+        pytest.param(
+            ["--grpc-port", "18555", "--http-port", "18555"], ["the ports must differ", "18555"], id="same-port-twice"
+        ),
+    ],
+)
+def test_serve_flags_out_of_range_are_one_line(flags: list[str], words: list[str], repository: Path) -> None:
+    assert_one_line_error(run_serve("--model-repository", str(repository), *flags), *words)
+
+
+def test_serve_refuses_a_port_another_server_holds_and_that_server_keeps_serving(server, repository: Path) -> None:
+    """A leftover Triton (or NVIDIA's container) on the gRPC port: no 'ready' for a server serve did not start."""
+    http, metrics = free_ports(2)
+    result = run_serve(
+        "--model-repository", str(repository),
+        "--grpc-port", str(server.grpc_port), "--http-port", str(http), "--metrics-port", str(metrics),
+    )  # fmt: skip
+    assert "ready" not in result.stdout
+    assert_one_line_error(result, f"--grpc-port {server.grpc_port}: port {server.grpc_port} is in use")
+    with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
+        assert client.infer(frames_batch(1)).shape == (1, 4)
+
+
+def test_readiness_is_that_of_the_server_started_not_of_whoever_answers_on_the_port(server, tmp_path: Path) -> None:
+    """A process that never serves, on a port where another Triton answers ready: never reported ready."""
+    from atari_trtis_demo.serve import TritonServer, wait_until_ready
+
+    (tmp_path / "tritonserver.log").write_text("")
+    impostor = subprocess.Popen(["sleep", "30"])
+    try:
+        started = TritonServer(
+            impostor, "127.0.0.1", server.http_port, server.grpc_port, server.metrics_port, ["atari"],
+            tmp_path, tmp_path / "tritonserver.log",
+        )  # fmt: skip
+        with pytest.raises(UserError, match="did not get ready within 2 s"):
+            wait_until_ready(started, timeout=2)
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
+def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port taken between serve's check and Triton's bind: Triton's own failure, told as its cause."""
+    from atari_trtis_demo import serve
+
+    monkeypatch.setattr(serve, "check_ports", lambda address, ports: None)
+    http, grpc_port, metrics = free_ports(3)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", grpc_port))
+        holder.listen()
+        with pytest.raises(UserError) as err:
+            serve.start_server(repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
+    message = str(err.value)
+    assert f"port {grpc_port} is in use on 127.0.0.1" in message and "NVML" not in message, message
+    log = Path(message.rsplit("Triton's log: ", 1)[1].rstrip(")"))
+    assert log.is_file() and f"127.0.0.1:{grpc_port}" in log.read_text()
+    log.unlink()
+
+
+def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repository: Path) -> None:
+    http, grpc_port, metrics = free_ports(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atari_trtis_demo.serve", "--model-repository", str(repository),
+         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("Triton log:"):
+            break
+    workdir = str(Path(line.split()[2].rstrip(";")).parent)
+    assert len(processes_using(workdir)) >= 2, "tritonserver and its backend stub run"
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while processes_using(workdir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_using(workdir) == [], "tritonserver and its stub died with serve"
+    with socket.socket() as probe:  # the port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", grpc_port))
+    assert Path(workdir).is_dir(), "a killed serve cannot clean up itself"
+    result = run_serve("--model-repository", str(repository), "--grpc-port", "70000")
+    assert result.returncode == 2 and Path(workdir).is_dir(), "a bad flag stops before touching anything"
+    with start(repository):
+        assert not Path(workdir).exists(), "the next start removed what the killed one left"

@@ -1,0 +1,72 @@
+"""Command-line parsing shared by the five commands: one-line errors and range-checked numbers.
+
+argparse prints a usage block and then the error; a user who typed ``--fps -5`` needs
+the one line that names the flag and what it takes. Every numeric flag goes through
+:func:`int_in` / :func:`float_in`, so a value out of range stops the command before
+any work, with exit code 2 like every other bad flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line ``error: ...`` (and exit code 2) for a bad flag."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    def text(bound: float) -> str:  # 2**31 - 1 as 2147483647, not 2.14748e+09
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    if low is not None and high is not None:
+        return f"between {text(low)} and {text(high)}"
+    if low is not None:
+        return f"at least {text(low)}"
+    return f"at most {text(high)}"
+
+
+def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer within [low, high] (either bound may be open)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {_bounds(low, high)}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+def float_in(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number within [low, high] ((low, high] with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            bounds = f"above {low}" if low_open and high is None else _bounds(low, high)
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+port = int_in(1, 65535)
+port.__doc__ = "An argparse ``type``: a TCP port, 1-65535."
