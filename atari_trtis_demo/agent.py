@@ -11,7 +11,9 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 import warnings
 import zipfile
@@ -89,6 +91,48 @@ class AtomicSaveDQN(agents.DQN):
     @property
     def n_actions(self) -> int:
         return int(_last_linear(self.model).W.shape[0])
+
+
+# ``<dirname>.tmp-<tag>``: where AtomicSaveDQN.save writes before its renames. One
+# left behind is a save killed (kill -9, power loss) before it was swapped in.
+_UNFINISHED_SAVE = re.compile(r".+\.tmp-[0-9a-f]{8}")
+# A save that wrote nothing for this long is not in progress in another process.
+UNFINISHED_SAVE_MIN_AGE = 60.0
+
+
+def remove_unfinished_saves(parent: str, *, min_age: float = UNFINISHED_SAVE_MIN_AGE) -> tuple[list[str], int]:
+    """Delete the ``<name>.tmp-<tag>`` directories killed saves left in ``parent``.
+
+    Only directories holding nothing but an agent save's files (``model.npz``, ...,
+    ``agent_state.json``), none written in the last ``min_age`` seconds (a save still
+    running in another process is left alone). ``.old-*`` directories are never
+    touched: one may be the only copy of an agent, which :func:`load_agent` recovers.
+    Returns the removed paths and the bytes freed.
+    """
+    save_files = {f"{attr}.npz" for attr in agents.DQN.saved_attributes} | {AGENT_STATE_FILE}
+    removed, freed = [], 0
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:
+        return removed, freed
+    for name in names:
+        path = os.path.join(parent, name)
+        if not _UNFINISHED_SAVE.fullmatch(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            files = [os.path.join(path, f) for f in os.listdir(path)]
+            if not {os.path.basename(f) for f in files} <= save_files or not all(map(os.path.isfile, files)):
+                continue
+            stats = [os.stat(f) for f in [path, *files]]
+        except OSError:
+            continue
+        if time.time() - max(st.st_mtime for st in stats) < min_age:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+            freed += sum(st.st_size for st in stats[1:])
+    return removed, freed
 
 
 def _last_linear(model: chainer.Link) -> L.Linear:

@@ -8,6 +8,7 @@ version that is not fully written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -20,6 +21,35 @@ OUTPUT_NAME = "action"
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+# Bounds of the converter's --max-batch-size and --instance-count: beyond them a
+# config is a typo (Triton would try to allocate batches or instances that large).
+MAX_BATCH_SIZE_LIMIT = 4096
+INSTANCE_COUNT_LIMIT = 64
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Triton model name, or None when it can.
+
+    A model is one directory of the repository and its name is quoted in
+    ``config.pbtxt``: only letters, digits, ``_``, ``-`` and ``.``, and not ``.`` or
+    ``..`` (which would write into or above the repository).
+    """
+    if not name:
+        return "must not be empty"
+    if not _MODEL_NAME.fullmatch(name):
+        return "may hold only letters, digits, '_', '-' and '.' (it is one directory of the repository)"
+    if name in (".", ".."):
+        return "must name a directory inside the repository, not '.' or '..'"
+    return None
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a valid Triton model name, else :class:`UserError` naming ``--name``."""
+    problem = model_name_problem(name)
+    if problem:
+        raise UserError(f"--name {name!r}: {problem}")
+    return name
 
 
 def render_config(
@@ -31,10 +61,13 @@ def render_config(
     instance_count: int = 1,
 ) -> str:
     """The ``config.pbtxt`` Triton needs to load the exported DQN, with comments for users."""
+    check_model_name(name)
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind}")
-    if max_batch_size < 1 or instance_count < 1:
-        raise UserError("--max-batch-size and --instance-count must be at least 1")
+    if not 1 <= max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+        raise UserError(f"--max-batch-size must be between 1 and {MAX_BATCH_SIZE_LIMIT}, got {max_batch_size}")
+    if not 1 <= instance_count <= INSTANCE_COUNT_LIMIT:
+        raise UserError(f"--instance-count must be between 1 and {INSTANCE_COUNT_LIMIT}, got {instance_count}")
     return f"""# Triton model configuration written by onnx_converter_src/converter.py.
 name: "{name}"
 platform: "onnxruntime_onnx"
@@ -119,6 +152,7 @@ def write_model_version(
     then the config is replaced atomically: at no moment does the config name a
     model file that is not whole. Returns (model path, config path).
     """
+    check_model_name(name)  # never a path outside the repository, nor a config Triton cannot parse
     model_dir = os.path.join(repository, name)
     versions = existing_versions(model_dir)
     if version is None:

@@ -25,6 +25,7 @@ from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.model_repository import (
     INPUT_NAME,
     OUTPUT_NAME,
+    check_model_name,
     render_config,
     write_file_atomic,
     write_model_version,
@@ -149,6 +150,8 @@ def convert(
     Nothing is written unless the export matches Chainer. ``env_id`` only chooses the
     game whose frames the verification uses.
     """
+    if out is None:
+        check_model_name(name)  # before any work: the name becomes a directory and a config string
     if not os.path.isdir(model_dir):
         raise UserError(f"--model {model_dir}: directory does not exist")
     q_function, n_actions = load_q_function(model_dir)

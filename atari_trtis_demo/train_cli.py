@@ -15,41 +15,41 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from atari_trtis_demo.cli_args import ArgumentParser, int_in
 from atari_trtis_demo.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train a DQN (Nature network) on an Atari game with ChainerRL.")
+    p = ArgumentParser(description="Train a DQN (Nature network) on an Atari game with ChainerRL.")
     p.add_argument("--env", type=str, default="BreakoutNoFrameskip-v4", help="Atari env id (or ALE/<Game>-v5)")
     p.add_argument("--outdir", type=str, default="results", help="parent of the timestamped run directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed [0, 2 ** 31)")
-    p.add_argument("--gpu", type=int, default=0, help="GPU to use, -1 for the CPU")
+    p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0, help="random seed [0, 2 ** 31)")
+    p.add_argument("--gpu", type=int_in(-1), default=0, help="GPU to use, -1 for the CPU")
     p.add_argument("--demo", action="store_true", default=False, help="only evaluate the (loaded) agent")
     p.add_argument("--load-pretrained", action="store_true", default=False, help="start from ChainerRL's model zoo")
     p.add_argument("--pretrained-type", type=str, default="best", choices=["best", "final"])
     p.add_argument("--load", type=str, default=None, help="agent directory to start from")
-    p.add_argument("--logging-level", type=int, default=20, help="level of log.txt: 10 DEBUG, 20 INFO, ...")
-    p.add_argument("--steps", type=int, default=5 * 10**7, help="total agent steps (4 frames each)")
-    p.add_argument("--replay-start-size", type=int, default=5 * 10**4, help="transitions before updates start")
-    p.add_argument("--eval-n-steps", type=int, default=125000)
-    p.add_argument("--eval-interval", type=int, default=250000)
-    p.add_argument("--n-best-episodes", type=int, default=30)
+    p.add_argument("--logging-level", type=int_in(0, 50), default=20, help="level of log.txt: 10 DEBUG, 20 INFO, ...")
+    p.add_argument("--steps", type=int_in(1), default=5 * 10**7, help="total agent steps (4 frames each)")
+    # ChainerRL asserts that the replay start size covers one minibatch (32).
+    p.add_argument(
+        "--replay-start-size", type=int_in(32), default=5 * 10**4, help="transitions before updates start (>= 32)"
+    )
+    p.add_argument("--eval-n-steps", type=int_in(1), default=125000)
+    p.add_argument("--eval-interval", type=int_in(1), default=250000)
+    p.add_argument("--n-best-episodes", type=int_in(1), default=30)
     # This project's additions.
-    p.add_argument("--checkpoint-freq", type=int, default=250000, help="save a resumable checkpoint every N steps")
+    p.add_argument(
+        "--checkpoint-freq", type=int_in(0), default=250000, help="save a resumable checkpoint every N steps (0: none)"
+    )
     p.add_argument("--resume", type=str, default=None, help="checkpoint (or run directory) to continue from")
-    p.add_argument("--final-exploration-steps", type=int, default=10**6, help="steps over which epsilon decays")
-    p.add_argument("--replay-capacity", type=int, default=10**6, help="replay buffer size in transitions")
+    p.add_argument("--final-exploration-steps", type=int_in(1), default=10**6, help="steps over which epsilon decays")
+    p.add_argument("--replay-capacity", type=int_in(1), default=10**6, help="replay buffer size in transitions")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for flag in ("steps", "eval_n_steps", "eval_interval", "n_best_episodes", "replay_capacity"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.replay_start_size < 32:  # ChainerRL asserts it covers one minibatch
-        raise UserError(f"--replay-start-size must be at least the minibatch size 32, got {args.replay_start_size}")
-    if args.checkpoint_freq < 0 or args.final_exploration_steps < 1:
-        raise UserError("--final-exploration-steps must be >= 1 and --checkpoint-freq >= 0 (0: no checkpoints)")
+    """Combinations of flags; the range of each number is checked by its argparse type."""
     chosen = [
         f
         for f, v in (("--load", args.load), ("--load-pretrained", args.load_pretrained), ("--resume", args.resume))
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chainerrl import misc
     from chainerrl.experiments.evaluator import eval_performance
 
-    from atari_trtis_demo.agent import download_pretrained, load_agent, make_agent
+    from atari_trtis_demo.agent import download_pretrained, load_agent, make_agent, remove_unfinished_saves
     from atari_trtis_demo.training import (
         list_checkpoints,
         prepare_output_dir,
@@ -99,9 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         final_exploration_steps=args.final_exploration_steps,
     )
 
-    step_offset, previous_rows = 0, []
+    step_offset, previous_rows, start_dir = 0, [], None
     if args.load:
         load_agent(agent, args.load, env_n_actions=n_actions)
+        start_dir = args.load
     elif args.load_pretrained:
         load_agent(agent, download_pretrained(args.env, args.pretrained_type), env_n_actions=n_actions)
     elif args.resume:
@@ -111,6 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_agent(agent, resume_dir, env_n_actions=n_actions)
         previous_rows = previous_score_rows(resume_dir, step_offset)
         print(f"Resuming from {resume_dir} at step {step_offset:,} (the replay buffer starts empty)", file=sys.stderr)
+        start_dir = resume_dir
+    if not args.demo:
+        # A run killed during a save (kill -9, out of memory) left its temporary copy,
+        # 6-20 MB, beside its agent directories: in the run this one starts from, or
+        # in any earlier run under --outdir.
+        run_dirs = {os.path.dirname(os.path.normpath(start_dir)) or "."} if start_dir else set()
+        if os.path.isdir(args.outdir):
+            run_dirs |= {e.path for e in os.scandir(args.outdir) if e.is_dir(follow_symlinks=False)}
+        for run_dir in sorted(run_dirs):
+            removed, freed = remove_unfinished_saves(run_dir)
+            if removed:
+                saves = "save" if len(removed) == 1 else "saves"
+                print(
+                    f"removed {len(removed)} unfinished {saves} ({freed / 1e6:.0f} MB) "
+                    f"left by a killed run in {run_dir}",
+                    file=sys.stderr,
+                )
 
     if args.demo:
         stats = eval_performance(env=eval_env, agent=agent, n_steps=args.eval_n_steps, n_episodes=None)

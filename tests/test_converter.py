@@ -221,3 +221,73 @@ def test_agent_saved_by_stock_chainerrl_converts(tmp_path: Path) -> None:
     assert not (tmp_path / "best" / "agent_state.json").exists(), "a plain ChainerRL directory"
     result = convert(str(tmp_path / "best"), out=str(tmp_path / "model.onnx"), env_id="PongNoFrameskip-v4")
     assert result.n_actions == 6 and result.max_abs_diff <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("../../escape", id="escape"),
+        pytest.param('at"ari', id="quote"),
+        pytest.param("..", id="dotdot"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_bad_model_name_is_one_line_and_writes_nothing(name: str, breakout_agent: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "work" / "repo"
+    repo.mkdir(parents=True)
+    (repo / "keep.txt").write_text("a file the user had")
+    before = tree_digest(tmp_path)
+    # Relative to the repository as the user would type it, from inside the tmp dir.
+    result = run_converter("--model", str(breakout_agent), "--repository", "work/repo", "--name", name, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--name" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr, result.stderr
+    assert tree_digest(tmp_path) == before, "nothing written inside or outside the repository"
+
+
+def test_library_refuses_bad_model_names_before_writing(tmp_path: Path) -> None:
+    from atari_trtis_demo.model_repository import render_config, write_model_version
+
+    for name in ("../escape", 'at"ari', "..", ".", "a/b", ""):
+        with pytest.raises(UserError, match="--name"):
+            render_config(name, 4)
+        with pytest.raises(UserError, match="--name"):
+            write_model_version(str(tmp_path / "repo"), name, b"onnx", "config")
+        with pytest.raises(UserError, match="--name"):  # before the (missing) model is even looked at
+            convert(str(tmp_path / "no-agent"), repository=str(tmp_path / "repo"), name=name)
+    assert list(tmp_path.iterdir()) == []
+    for name in ("atari", "breakout_v2", "pong-1.0", "A.b-c_d"):
+        assert f'name: "{name}"' in render_config(name, 4)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        pytest.param("--version", "0", id="version-0"),
+        pytest.param("--version", "-3", id="version-negative"),
+        pytest.param("--version", "two", id="version-not-int"),
+        pytest.param("--max-batch-size", "0", id="max-batch-size-0"),
+        pytest.param("--max-batch-size", "5000", id="max-batch-size-huge"),
+        pytest.param("--instance-count", "0", id="instance-count-0"),
+        pytest.param("--instance-count", "65", id="instance-count-huge"),
+        pytest.param("--gpu", "-2", id="gpu-below-cpu"),
+    ],
+)
+def test_numeric_flag_out_of_range_is_one_line_before_any_work(flag: str, value: str, tmp_path: Path) -> None:
+    # The agent directory does not exist: a range check that ran after conversion began
+    # would report --model instead of the flag.
+    args = ["--model", str(tmp_path / "agent"), "--repository", str(tmp_path / "repo"), f"{flag}={value}"]
+    result = run_converter(*args)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and flag in errors[0] and value in errors[0], result.stderr
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numeric_flags_at_their_bounds_are_accepted(tmp_path: Path) -> None:
+    bounds = ["--version", "1", "--max-batch-size", "4096", "--instance-count", "64", "--gpu", "-1"]
+    result = run_converter("--model", str(tmp_path / "agent"), "--repository", str(tmp_path / "repo"), *bounds)
+    assert result.returncode == 2 and "error: --model" in result.stderr, result.stderr  # past the parser

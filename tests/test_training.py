@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,15 @@ SHORT_RUN = [
     "--gpu", "-1", "--steps", "300", "--replay-start-size", "200", "--eval-interval", "150",
     "--eval-n-steps", "100", "--n-best-episodes", "1", "--checkpoint-freq", "100",
 ]  # fmt: skip
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its hash: to prove a directory was left as it was."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_script(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -248,6 +259,84 @@ def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
     for word in expect:
         assert word in lines[0]
     assert not (tmp_path / "out").exists(), "a refused run writes nothing"
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        pytest.param("--seed", "-1", id="seed-negative"),
+        pytest.param("--seed", str(2**31), id="seed-2**31"),
+        pytest.param("--gpu", "-2", id="gpu-below-cpu"),
+        pytest.param("--steps", "0", id="steps-0"),
+        pytest.param("--steps", "1e6", id="steps-not-int"),
+        pytest.param("--replay-start-size", "31", id="replay-start-size-below-minibatch"),
+        pytest.param("--eval-n-steps", "0", id="eval-n-steps-0"),
+        pytest.param("--eval-interval", "-5", id="eval-interval-negative"),
+        pytest.param("--n-best-episodes", "0", id="n-best-episodes-0"),
+        pytest.param("--replay-capacity", "0", id="replay-capacity-0"),
+        pytest.param("--checkpoint-freq", "-1", id="checkpoint-freq-negative"),
+        pytest.param("--final-exploration-steps", "0", id="final-exploration-steps-0"),
+        pytest.param("--logging-level", "99", id="logging-level-99"),
+        pytest.param("--logging-level", "-1", id="logging-level-negative"),
+    ],
+)
+def test_out_of_range_number_is_one_line_before_chainer_is_imported(flag: str, value: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # A run that would finish at once if the flag were wrongly accepted.
+    args = ["--gpu", "-1", "--steps", "10", "--replay-start-size", "32", "--eval-interval", "10", "--eval-n-steps", "5",
+            "--n-best-episodes", "1", "--checkpoint-freq", "0", "--outdir", str(out), f"{flag}={value}"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(SCRIPT), *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and flag in errors[0] and value in errors[0], lines
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr, lines
+    imported = {
+        line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert imported and "chainer" not in imported, "refused before Chainer is imported"
+    assert not out.exists(), "a refused run writes nothing"
+
+
+def test_resume_removes_unfinished_saves_of_a_killed_run(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    agents_before = {
+        name: tree_digest(run / name) for name in ("best", "200_checkpoint", "300_checkpoint", "300_finish")
+    }
+    an_hour_ago = time.time() - 3600
+
+    def unfinished_save(name: str, file: str, *, age: float | None = an_hour_ago) -> Path:
+        path = run / name
+        path.mkdir()
+        (path / file).write_bytes(b"PK\x03\x04" + bytes(2_000_000))  # half of a ~20 MB save
+        if age is not None:
+            for p in (path / file, path):
+                os.utime(p, (age, age))
+        return path
+
+    killed = [unfinished_save("300_checkpoint.tmp-abcd1234", "model.npz"),
+              unfinished_save("best.tmp-0123beef", "optimizer.npz")]  # fmt: skip
+    in_progress = unfinished_save("400_checkpoint.tmp-feedf00d", "model.npz", age=None)  # another process saving now
+    not_a_save = unfinished_save("notes.tmp-12345678", "notes.txt")
+    # A save killed between its two renames: the .old- directory is the only copy of 100_checkpoint.
+    only_copy = run / "100_checkpoint.old-87654321"
+    shutil.copytree(run / "200_checkpoint", only_copy)
+
+    result = run_script(*SHORT_RUN, "--steps", "320", "--outdir", str(tmp_path / "out"), "--resume", str(run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    removed = [line for line in result.stderr.splitlines() if line.startswith("removed ")]
+    assert removed == [f"removed 2 unfinished saves (4 MB) left by a killed run in {run}"], result.stderr[-3000:]
+    assert not any(p.exists() for p in killed)
+    assert in_progress.exists() and not_a_save.exists() and only_copy.exists()
+    assert {name: tree_digest(run / name) for name in agents_before} == agents_before, "real agents untouched"
+    for name, step in (("300_checkpoint", 300), ("best", None), ("100_checkpoint", 200)):
+        agent = make_agent(4)
+        load_agent(agent, str(run / name), env_n_actions=4)  # 100_checkpoint: recovered from its .old- copy
+        assert step is None or agent.t == step
+    assert read_agent_step(str(only_run_dir(tmp_path / "out") / "320_finish")) == 320
 
 
 def test_load_pretrained_uses_chainerrl_model_zoo_layout(tmp_path: Path) -> None:
