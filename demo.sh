@@ -50,12 +50,14 @@ grep "ready at" "$OUT/serve.log" || { echo "server not ready after 120 s"; cat "
 
 PLAY=(--env "$ENV_ID" --episodes 1 --max-steps "$PLAY_STEPS" --seed 0)
 step "5/6 remote play through Triton: --sync, then asynchronous"
-$PY src/app.py --host 127.0.0.1 --port "$GRPC_PORT" --sync --headless "${PLAY[@]}" --json "$OUT/remote_sync.json"
+# The statistics games run as fast as they can (--fps 0); the recorded one at the Atari's own pace.
+$PY src/app.py --host 127.0.0.1 --port "$GRPC_PORT" --sync --headless --fps 0 "${PLAY[@]}" --json "$OUT/remote_sync.json"
 $PY src/app.py --host 127.0.0.1 --port "$GRPC_PORT" "${PLAY[@]}" --rendering_scale 3 \
   --record "$OUT/gameplay.gif" --screenshot "$OUT/app_running.png" --json "$OUT/remote_async.json"
 
 step "6/6 standalone play with local Chainer inference"
-$PY standalone_src/app.py --modelpath "${RUN}best" --sync --headless "${PLAY[@]}" --json "$OUT/standalone.json"
+$PY standalone_src/app.py --modelpath "${RUN}best" --sync --headless --fps 0 "${PLAY[@]}" \
+  --json "$OUT/standalone.json"
 
 kill -TERM $SERVER
 wait $SERVER || true

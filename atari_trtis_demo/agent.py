@@ -11,10 +11,8 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import time
-import uuid
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -33,7 +31,8 @@ from chainerrl import agents, explorers, links, replay_buffer  # noqa: E402
 from chainerrl.action_value import DiscreteActionValue  # noqa: E402
 from chainerrl.agent import load_npz_no_strict  # noqa: E402
 
-from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE, scale_observation
+from atari_trtis_demo.atomic import UNFINISHED_DIR, DirectorySwap, recover_interrupted_swap
+from atari_trtis_demo.envs import STACK_SIZE, scale_observation
 from atari_trtis_demo.errors import UserError
 
 AGENT_STATE_FILE = "agent_state.json"
@@ -64,44 +63,33 @@ class AtomicSaveDQN(agents.DQN):
     Every save in ChainerRL (``best/``, checkpoints, ``<t>_finish``, ``<t>_except``)
     goes through ``agent.save``, so making this one method atomic protects them all:
     the files are written to a sibling temporary directory, flushed to disk, and
-    swapped in with renames. A crash or kill at any moment leaves either the old
-    directory or the new one (or, between the two renames, the old one under a
-    ``.old-*`` name that :func:`load_agent` recovers).
+    swapped in with renames (:class:`~atari_trtis_demo.atomic.DirectorySwap`). A crash
+    or kill at any moment leaves either the old directory or the new one (or, between
+    the two renames, the old one under a ``.old-*`` name that :func:`load_agent` recovers).
     """
 
     def save(self, dirname: str) -> None:
-        dirname = os.path.normpath(dirname)
-        tag = uuid.uuid4().hex[:8]
-        tmp = f"{dirname}.tmp-{tag}"
-        old = f"{dirname}.old-{tag}"
-        try:
-            super().save(tmp)
-            with open(os.path.join(tmp, AGENT_STATE_FILE), "w") as f:
+        with DirectorySwap(dirname) as swap:
+            super().save(swap.staging)
+            with open(os.path.join(swap.staging, AGENT_STATE_FILE), "w") as f:
                 json.dump({"t": int(self.t), "n_actions": int(self.n_actions)}, f)
-            _fsync_tree(tmp)
-            if os.path.exists(dirname):
-                os.rename(dirname, old)
-            os.rename(tmp, dirname)
-            _fsync_dir(os.path.dirname(dirname) or ".")
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if os.path.isdir(dirname):  # otherwise `old` is the only copy left
-                shutil.rmtree(old, ignore_errors=True)
+            swap.commit()
 
     @property
     def n_actions(self) -> int:
         return int(_last_linear(self.model).W.shape[0])
 
 
-# ``<dirname>.tmp-<tag>``: where AtomicSaveDQN.save writes before its renames. One
-# left behind is a save killed (kill -9, power loss) before it was swapped in.
-_UNFINISHED_SAVE = re.compile(r".+\.tmp-[0-9a-f]{8}")
 # A save that wrote nothing for this long is not in progress in another process.
 UNFINISHED_SAVE_MIN_AGE = 60.0
 
 
 def remove_unfinished_saves(parent: str, *, min_age: float = UNFINISHED_SAVE_MIN_AGE) -> tuple[list[str], int]:
     """Delete the ``<name>.tmp-<tag>`` directories killed saves left in ``parent``.
+
+    ``<name>.tmp-<tag>`` is where :meth:`AtomicSaveDQN.save` writes before its renames
+    (:data:`atari_trtis_demo.atomic.UNFINISHED_DIR`); one left behind is a save killed
+    (kill -9, power loss) before it was swapped in.
 
     Only directories holding nothing but an agent save's files (``model.npz``, ...,
     ``agent_state.json``), none written in the last ``min_age`` seconds (a save still
@@ -117,7 +105,7 @@ def remove_unfinished_saves(parent: str, *, min_age: float = UNFINISHED_SAVE_MIN
         return removed, freed
     for name in names:
         path = os.path.join(parent, name)
-        if not _UNFINISHED_SAVE.fullmatch(name) or os.path.islink(path) or not os.path.isdir(path):
+        if not UNFINISHED_DIR.fullmatch(name) or os.path.islink(path) or not os.path.isdir(path):
             continue
         try:
             files = [os.path.join(path, f) for f in os.listdir(path)]
@@ -138,25 +126,6 @@ def remove_unfinished_saves(parent: str, *, min_age: float = UNFINISHED_SAVE_MIN
 def _last_linear(model: chainer.Link) -> L.Linear:
     # links() walks depth-first in definition order, so the last Linear is the output.
     return [link for link in model.links() if isinstance(link, L.Linear)][-1]
-
-
-def _fsync_tree(path: str) -> None:
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(root)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_agent(
@@ -240,20 +209,6 @@ def read_weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise UserError(f"{path}: corrupt or not an .npz file ({e})") from e
 
 
-def recover_interrupted_save(dirname: str) -> None:
-    """Bring back ``dirname`` if a save was killed between its two renames."""
-    dirname = os.path.normpath(dirname)
-    if os.path.exists(dirname):
-        return
-    parent = os.path.dirname(dirname) or "."
-    if not os.path.isdir(parent):
-        return
-    base = os.path.basename(dirname)
-    olds = sorted(n for n in os.listdir(parent) if n.startswith(base + ".old-"))
-    if olds:
-        os.rename(os.path.join(parent, olds[-1]), dirname)
-
-
 def load_agent(agent: agents.DQN, dirname: str, *, env_n_actions: int | None = None) -> None:
     """Load a ChainerRL agent directory into ``agent`` with one-line errors.
 
@@ -262,7 +217,7 @@ def load_agent(agent: agents.DQN, dirname: str, *, env_n_actions: int | None = N
     Only ``model.npz`` is required; ``target_model.npz`` and ``optimizer.npz`` are
     loaded when present (ChainerRL's model zoo and ``best/`` have all three).
     """
-    recover_interrupted_save(dirname)
+    recover_interrupted_swap(dirname)  # a save killed between its two renames
     if not os.path.isdir(dirname):
         raise UserError(f"{dirname}: agent directory does not exist")
     n_actions = read_n_actions(dirname)
@@ -316,65 +271,7 @@ def load_q_function(model_dir: str) -> tuple[chainer.Link, int]:
     return q_function, n_actions
 
 
-def greedy_q_values(model: chainer.Link, observations: np.ndarray) -> np.ndarray:
+def batch_q_values(model: chainer.Link, observations: np.ndarray) -> np.ndarray:
     """Q-values (batch, n_actions) of ``model`` for scaled float32 observations."""
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         return np.asarray(chainer.cuda.to_cpu(model(observations).q_values.array))
-
-
-def example_input(batch: int = 1) -> np.ndarray:
-    """A zero observation batch of the model's input shape."""
-    return np.zeros((batch, STACK_SIZE, FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
-
-
-def check_gpu(gpu: int) -> None:
-    """Fail at once, in one line, when ``--gpu N`` asks for CUDA that is not there."""
-    if gpu < 0:
-        return
-    from chainer.backends import cuda
-
-    if not cuda.available:
-        raise UserError(
-            f"--gpu {gpu}: CUDA is not available (CuPy is not installed or finds no GPU); "
-            "install a CuPy wheel for your CUDA (for example cupy-cuda12x) or pass --gpu -1 for the CPU"
-        )
-    import cupy
-
-    count = cupy.cuda.runtime.getDeviceCount()
-    if gpu >= count:
-        raise UserError(f"--gpu {gpu}: this machine has {count} GPU(s), numbered 0 to {count - 1}")
-
-
-# Where ChainerRL's model zoo lives; ATARI_DEMO_MODEL_ZOO_URL overrides it (a mirror,
-# or a file:// directory of archives in the tests).
-MODEL_ZOO_URL_VARIABLE = "ATARI_DEMO_MODEL_ZOO_URL"
-
-
-def download_pretrained(env_id: str, model_type: str) -> str:
-    """Fetch ChainerRL's pretrained DQN for ``env_id`` with its own downloader; the agent dir.
-
-    ChainerRL names archives by game (``DQN/Breakout/best.zip``); ``ALE/Breakout-v5``
-    maps to the same game as ``BreakoutNoFrameskip-v4``.
-    """
-    import urllib.error
-
-    from chainerrl.misc import pretrained_models
-
-    if os.environ.get(MODEL_ZOO_URL_VARIABLE):
-        pretrained_models.download_url = os.environ[MODEL_ZOO_URL_VARIABLE]
-    game = env_id.removeprefix("ALE/").split("-")[0].removesuffix("NoFrameskip")
-    where = f"{pretrained_models.download_url.rstrip('/')}/DQN/{game}/{model_type}.zip"
-    try:
-        path, _ = pretrained_models.download_model("DQN", f"{game}NoFrameskip-v4", model_type=model_type)
-    except urllib.error.URLError as e:
-        raise UserError(f"--load-pretrained: cannot download {where} ({getattr(e, 'reason', e)})") from e
-    except zipfile.BadZipFile as e:
-        shutil.rmtree(_zoo_dir(game), ignore_errors=True)  # never keep a bad archive cached
-        raise UserError(f"--load-pretrained: {where} is not a valid zip archive") from e
-    return path
-
-
-def _zoo_dir(game: str) -> str:
-    from chainer.dataset.download import get_dataset_directory
-
-    return get_dataset_directory(os.path.join("pfnet", "chainerrl", "models", "DQN", game))

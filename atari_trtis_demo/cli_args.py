@@ -1,5 +1,8 @@
 """Command-line parsing shared by the five commands: one-line errors and range-checked numbers.
 
+:func:`run_cli` runs a command's ``main`` so that a :class:`~atari_trtis_demo.errors.UserError`
+ends it with one ``error: ...`` line and exit code 2.
+
 argparse prints a usage block and then the error; a user who typed ``--fps -5`` needs
 the one line that names the flag and what it takes. Every numeric flag goes through
 :func:`int_in` / :func:`float_in`, so a value out of range stops the command before
@@ -10,9 +13,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
+
+from atari_trtis_demo.errors import UserError
+
+
+def run_cli(main: Callable[[], int | None]) -> NoReturn:
+    """Run a command-line ``main``; a :class:`UserError` becomes ``error: ...`` and exit 2."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -60,7 +76,9 @@ def float_in(low: float | None = None, high: float | None = None, *, low_open: b
             raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
         below = low is not None and (value <= low if low_open else value < low)
         if not math.isfinite(value) or below or (high is not None and value > high):
-            bounds = f"above {low}" if low_open and high is None else _bounds(low, high)
+            bounds = _bounds(low, high)
+            if low_open:
+                bounds = f"above {low}" + ("" if high is None else f" and at most {high}")
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
 
@@ -70,3 +88,16 @@ def float_in(low: float | None = None, high: float | None = None, *, low_open: b
 
 port = int_in(1, 65535)
 port.__doc__ = "An argparse ``type``: a TCP port, 1-65535."
+
+
+def output_file(text: str) -> str:
+    """An argparse ``type``: a file to write at the end, whose folder must exist now (not after a whole game)."""
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: directory {parent} is not writable")
+    return text

@@ -1,4 +1,4 @@
-"""``onnx_converter_src/converter.py``: a ChainerRL agent directory to ONNX / a Triton repository."""
+"""``onnx_converter_src/converter.py``, ``atari-convert``: a ChainerRL agent directory to ONNX / a Triton repository."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from atari_trtis_demo.cli_args import ArgumentParser, int_in
+from atari_trtis_demo.envs import DEFAULT_ENV_ID
 from atari_trtis_demo.model_repository import (
     INSTANCE_COUNT_LIMIT,
     INSTANCE_KINDS,
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-kind", default="KIND_GPU", choices=INSTANCE_KINDS)
     p.add_argument("--instance-count", type=int_in(1, INSTANCE_COUNT_LIMIT), default=1)
     p.add_argument("--force", action="store_true", help="replace an existing version or --out file")
-    p.add_argument("--env", default="BreakoutNoFrameskip-v4", help="game whose frames verify the export")
+    p.add_argument("--env", default=DEFAULT_ENV_ID, help="game whose frames verify the export")
     return p
 
 

@@ -10,7 +10,6 @@ act on. No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from atari_trtis_demo.play_stats import LatencyStats
 
 FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
 # KServe v2 tensor data types by numpy dtype (only what a request may carry here).
@@ -36,6 +36,10 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# Statuses that say the request itself is wrong; any other is the server's own failure.
+REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION)
+
+
 class InferenceError(UserError):
     """A request or connection failed; the message is one line naming server, model and status."""
 
@@ -48,42 +52,24 @@ class ModelNotReady(InferenceError):
     """The server answers but the model is unknown, not loaded, or not what the player needs."""
 
 
+class ServerGoingAway(ServerUnavailable):
+    """The model the client checked is gone (NOT_FOUND): the server is shutting down or unloaded it."""
+
+
 class InvalidRequest(InferenceError):
     """The server refused the request (wrong name, shape, data type, size, batch...)."""
 
 
+class ServerError(InferenceError):
+    """The server failed the request for a reason of its own (INTERNAL, UNKNOWN, out of resources...)."""
+
+
+class BadResponse(InferenceError):
+    """The server answered, but not with the Q-values the client asked for."""
+
+
 class RequestTimeout(InferenceError):
     """No answer within the per-request deadline."""
-
-
-class LatencyStats:
-    """Round-trip times of completed requests; thread-safe (async answers arrive on gRPC threads)."""
-
-    def __init__(self) -> None:
-        self._seconds: list[float] = []
-        self._lock = threading.Lock()
-
-    def record(self, seconds: float) -> None:
-        with self._lock:
-            self._seconds.append(seconds)
-
-    @property
-    def last_ms(self) -> float | None:
-        with self._lock:
-            return self._seconds[-1] * 1e3 if self._seconds else None
-
-    def summary(self) -> dict[str, float]:
-        """``count``, ``mean_ms``, ``median_ms``, ``p99_ms`` (zeros before any request)."""
-        with self._lock:
-            ms = np.array(self._seconds) * 1e3
-        if ms.size == 0:
-            return {"count": 0, "mean_ms": 0.0, "median_ms": 0.0, "p99_ms": 0.0}
-        return {
-            "count": int(ms.size),
-            "mean_ms": float(ms.mean()),
-            "median_ms": float(np.median(ms)),
-            "p99_ms": float(np.percentile(ms, 99)),
-        }
 
 
 class InferenceClient:
@@ -102,6 +88,7 @@ class InferenceClient:
         *,
         timeout: float = 5.0,
         version: str = "",
+        connect: bool = True,
     ) -> None:
         self.address = f"{host}:{port}"
         self.model = model
@@ -110,11 +97,22 @@ class InferenceClient:
         self.stats = LatencyStats()
         self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stub = GRPCInferenceServiceStub(self._channel)
-        try:
+        self.connected = False
+        if connect:
+            try:
+                self.connect()
+            except BaseException:
+                self._channel.close()
+                raise
+
+    def connect(self) -> None:
+        """Check the server and the model once (every request does it first if it was not done).
+
+        A client made with ``connect=False`` can wait for a server that is not up yet.
+        """
+        if not self.connected:
             self._check_model()
-        except BaseException:
-            self._channel.close()
-            raise
+            self.connected = True
 
     # -- connection checks -------------------------------------------------------------
 
@@ -125,7 +123,7 @@ class InferenceClient:
             raise ServerUnavailable(f"server at {self.address} is not ready")
         try:
             ready = self._call(self._stub.ModelReady, pb.ModelReadyRequest(name=self.model, version=self.version)).ready
-        except InvalidRequest:
+        except (InvalidRequest, ServerGoingAway):
             ready = False
         if not ready:
             raise ModelNotReady(f"model '{self.model}' not found or not ready on {self.address}")
@@ -156,6 +154,7 @@ class InferenceClient:
 
     def build_request(self, frames: np.ndarray) -> pb.ModelInferRequest:
         """The ModelInfer request for a (4,84,84) stack or an (N,4,84,84) batch, as raw bytes."""
+        self.connect()
         array = np.asarray(frames)
         if array.ndim == 3 and self.batched:
             array = array[None]
@@ -212,14 +211,14 @@ class InferenceClient:
         for i, tensor in enumerate(response.outputs):
             if tensor.name == self.output_name:
                 if tensor.datatype != "FP32" or i >= len(response.raw_output_contents):
-                    raise InvalidRequest(f"{self.address}: output '{tensor.name}' is {tensor.datatype}, not raw FP32")
+                    raise BadResponse(f"{self.address}: output '{tensor.name}' is {tensor.datatype}, not raw FP32")
                 raw, shape = response.raw_output_contents[i], tuple(tensor.shape)
                 if len(raw) != 4 * int(np.prod(shape)):
-                    raise InvalidRequest(
+                    raise BadResponse(
                         f"{self.address}: output '{tensor.name}' has {len(raw)} bytes for shape {list(shape)} FP32"
                     )
                 return np.frombuffer(raw, dtype="<f4").reshape(shape)
-        raise InvalidRequest(f"{self.address}: the answer has no output '{self.output_name}'")
+        raise BadResponse(f"{self.address}: the answer has no output '{self.output_name}'")
 
     # -- errors ------------------------------------------------------------------------
 
@@ -236,7 +235,14 @@ class InferenceClient:
             return ServerUnavailable(f"cannot connect to {self.address} (UNAVAILABLE: {details})")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return RequestTimeout(f"{self.address}: no answer from model '{self.model}' within {self.timeout:g} s")
-        return InvalidRequest(f"{self.address}: model '{self.model}' refused the request ({code.name}: {details})")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return ServerGoingAway(
+                f"{self.address}: model '{self.model}' is no longer served (NOT_FOUND: {details}): "
+                "the server is shutting down or unloaded it"
+            )
+        if code in REFUSALS:
+            return InvalidRequest(f"{self.address}: model '{self.model}' refused the request ({code.name}: {details})")
+        return ServerError(f"{self.address}: model '{self.model}' failed the request ({code.name}: {details})")
 
     def close(self) -> None:
         self._channel.close()

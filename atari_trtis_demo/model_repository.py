@@ -1,25 +1,33 @@
-"""Writing a Triton model repository: ``<repo>/<name>/config.pbtxt`` + ``<version>/model.onnx``.
+"""A Triton model repository, ``<repo>/<name>/config.pbtxt`` + ``<version>/model.onnx``: written and read.
 
-No Chainer here: the serving side reads what this module writes. Writes are atomic:
-a failed conversion leaves the repository as it was, and a config never points to a
-version that is not fully written.
+The converter writes it (:func:`render_config`, :func:`write_model_version`), the
+server reads it (:func:`read_repository`). No Chainer here. Writes are atomic
+(:mod:`atari_trtis_demo.atomic`): a failed conversion leaves the repository as it
+was, and a config never points to a version that is not fully written.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
-import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from google.protobuf import text_format
+
+from atari_trtis_demo import atomic
 from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
 INPUT_NAME = "input"
+# The output holds Q-values (one per action), not an action: the players take the argmax.
+# The name is kept because the 2019 client asks for "action".
 OUTPUT_NAME = "action"
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
+# The file Triton loads from each version directory when a config names none, per platform/backend.
+DEFAULT_FILENAMES = {"onnxruntime_onnx": MODEL_FILENAME, "python": "model.py"}
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 # Bounds of the converter's --max-batch-size and --instance-count: beyond them a
 # config is a typo (Triton would try to allocate batches or instances that large).
@@ -118,23 +126,11 @@ def write_file_atomic(path: str, data: bytes, *, force: bool, flag: str) -> None
     """Write ``path`` via a temporary sibling and a rename; refuse to replace unless ``force``."""
     if os.path.exists(path) and not force:
         raise UserError(f"{flag} {path}: already exists (use --force to replace it)")
-    parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic.write_bytes(path, data)
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write ({e.strerror})") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot write ({e.strerror})") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_model_version(
@@ -162,37 +158,75 @@ def write_model_version(
     version_dir = os.path.join(model_dir, str(version))
     if os.path.exists(version_dir) and not force:
         raise UserError(f"--version {version}: {version_dir} already exists (use --force to replace it)")
-    tag = uuid.uuid4().hex[:8]
-    staging = os.path.join(model_dir, f".staging-{version}-{tag}")
-    old = os.path.join(model_dir, f".old-{version}-{tag}")
     created_model_dir = not os.path.isdir(model_dir)
+    config_path = os.path.join(model_dir, CONFIG_FILENAME)
+    # hidden (".1.tmp-<tag>"): a temporary name must not start with the version's digits,
+    # where Triton or existing_versions could take it for a version.
+    swap = atomic.DirectorySwap(version_dir, hidden=True)
     try:
-        os.makedirs(staging)
+        os.makedirs(swap.staging)
     except OSError as e:
         raise UserError(f"--repository {repository}: cannot write ({e.strerror})") from e
     try:
-        with open(os.path.join(staging, MODEL_FILENAME), "wb") as f:
-            f.write(model_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        replaced = os.path.exists(version_dir)
-        if replaced:
-            os.rename(version_dir, old)
-        os.rename(staging, version_dir)
-        config_path = os.path.join(model_dir, CONFIG_FILENAME)
-        try:
-            write_file_atomic(config_path, config_text.encode(), force=True, flag="--repository")
-        except UserError:
-            # Put the repository back as it was: no model without its config.
-            shutil.rmtree(version_dir, ignore_errors=True)
-            if replaced:
-                os.rename(old, version_dir)
-            raise
+        with swap:
+            with open(os.path.join(swap.staging, MODEL_FILENAME), "wb") as f:
+                f.write(model_bytes)
+            swap.commit()
+            try:
+                write_file_atomic(config_path, config_text.encode(), force=True, flag="--repository")
+            except UserError:
+                swap.rollback()  # put the repository back as it was: no model without its config
+                raise
     except OSError as e:
         raise UserError(f"--repository {repository}: cannot write ({e.strerror})") from e
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
         if created_model_dir and os.path.isdir(model_dir) and not os.listdir(model_dir):
             os.rmdir(model_dir)
     return os.path.join(version_dir, MODEL_FILENAME), config_path
+
+
+@dataclass
+class RepositoryModel:
+    """One model of a repository as the server reads it: its config and version numbers."""
+
+    name: str
+    config_path: Path
+    config: pb.ModelConfig
+    versions: list[int] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.config.platform or self.config.backend
+
+
+def read_repository(repository: str | Path) -> list[RepositoryModel]:
+    """Parse and check every model of a repository; one-line errors naming the file at fault."""
+    root = Path(repository)
+    if not root.is_dir():
+        raise UserError(f"--model-repository {root}: directory does not exist")
+    models = []
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config_path = model_dir / CONFIG_FILENAME
+        if not config_path.is_file():
+            raise UserError(f"{config_path}: missing (every model directory needs its {CONFIG_FILENAME})")
+        try:
+            config = text_format.Parse(config_path.read_text(), pb.ModelConfig(), allow_unknown_field=True)
+        except (text_format.ParseError, UnicodeDecodeError) as e:
+            raise UserError(f"{config_path}: malformed config ({str(e).splitlines()[0]})") from e
+        if config.name and config.name != model_dir.name:
+            raise UserError(f"{config_path}: name '{config.name}' differs from its directory '{model_dir.name}'")
+        config.name = model_dir.name
+        model = RepositoryModel(model_dir.name, config_path, config)
+        if model.kind not in DEFAULT_FILENAMES:
+            raise UserError(f"{config_path}: platform/backend '{model.kind}' is not one this server can run")
+        filename = config.default_model_filename or DEFAULT_FILENAMES[model.kind]
+        model.versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        if not model.versions:
+            raise UserError(f"{model_dir / '1' / filename}: missing (no version directory in {model_dir})")
+        for version in model.versions:
+            if not (model_dir / str(version) / filename).is_file():
+                raise UserError(f"{model_dir / str(version) / filename}: model file missing")
+        models.append(model)
+    if not models:
+        raise UserError(f"--model-repository {root}: no model in it (expected <name>/{CONFIG_FILENAME})")
+    return models

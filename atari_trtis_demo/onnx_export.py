@@ -19,8 +19,8 @@ import onnx
 import onnx_chainer
 import onnxruntime as ort
 
-from atari_trtis_demo.agent import greedy_q_values, load_q_function
-from atari_trtis_demo.envs import RandomizeAction, find_wrapper, make_env, scale_observation
+from atari_trtis_demo.agent import batch_q_values, load_q_function
+from atari_trtis_demo.envs import DEFAULT_ENV_ID, FRAME_SIZE, STACK_SIZE, make_env, scale_observation
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.model_repository import (
     INPUT_NAME,
@@ -66,7 +66,7 @@ class QValues(chainer.Chain):
 
 def export_onnx(q_function: chainer.Link) -> onnx.ModelProto:
     """ONNX-Chainer's export of the Q-values, cleaned for any batch size."""
-    x = np.zeros((1, 4, 84, 84), dtype=np.float32)
+    x = np.zeros((1, STACK_SIZE, FRAME_SIZE, FRAME_SIZE), dtype=np.float32)
     with chainer.using_config("train", False), chainer.no_backprop_mode():
         model = onnx_chainer.export(
             QValues(q_function), x, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=OPSET
@@ -100,8 +100,7 @@ def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def observation_samples(env_id: str, n: int = 32, seed: int = 0) -> np.ndarray:
     """``n`` real preprocessed frame stacks (float32, scaled) from random play of ``env_id``."""
-    env = make_env(env_id, train=False, epsilon=1.0)
-    find_wrapper(env, RandomizeAction).rng = np.random.default_rng(seed)
+    env = make_env(env_id, train=False, epsilon=1.0, seed=seed)
     obs, _ = env.reset(seed=seed)
     stacks = []
     for step in range(n * 6):
@@ -120,7 +119,7 @@ def verify(model_bytes: bytes, q_function: chainer.Link, observations: np.ndarra
     worst = 0.0
     for batch in VERIFY_BATCHES:
         x = observations[:batch]
-        expected = greedy_q_values(q_function, x)
+        expected = batch_q_values(q_function, x)
         (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
         diff = float(np.max(np.abs(got - expected)))
         worst = max(worst, diff)
@@ -143,7 +142,7 @@ def convert(
     instance_kind: str = "KIND_GPU",
     instance_count: int = 1,
     force: bool = False,
-    env_id: str = "BreakoutNoFrameskip-v4",
+    env_id: str = DEFAULT_ENV_ID,
 ) -> Conversion:
     """Export ``model_dir``'s Q-network, verify it, then write ``out`` or a repository version.
 

@@ -11,38 +11,44 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.cli_args import ArgumentParser, float_in, int_in, output_file, port
+from atari_trtis_demo.envs import DEFAULT_ENV_ID
 
 
 def add_play_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rendering_scale", type=int, default=3, help="window size as a multiple of 160x210")
+    p.add_argument("--rendering_scale", type=int_in(1, 16), default=3, help="window size as a multiple of 160x210")
     p.add_argument("--sync", action="store_true", help="wait for each action (default: asynchronous inference)")
-    p.add_argument("--env", default="BreakoutNoFrameskip-v4", help="the game (must match the model's actions)")
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=None, help="cap on agent steps per episode")
+    p.add_argument("--env", default=DEFAULT_ENV_ID, help="the game (must match the model's actions)")
+    p.add_argument("--episodes", type=int_in(1), default=1)
+    p.add_argument("--max-steps", type=int_in(1), default=None, help="cap on agent steps per episode")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests, benchmarks)")
-    p.add_argument("--fps", type=float, default=60.0, help="window frame cap in agent steps/s (0: none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epsilon", type=float, default=0.05, help="fraction of random actions, as the original")
-    p.add_argument("--record", default=None, help="write the gameplay to FILE.gif (or .mp4)")
-    p.add_argument("--screenshot", default=None, help="save the last window image to FILE.png")
-    p.add_argument("--json", default=None, help="write the statistics to FILE.json")
+    p.add_argument(
+        "--fps",
+        type=float_in(0, 10000),
+        default=15.0,
+        help="agent steps per second, window and headless alike (default 15: the Atari's own pace, 60 frames/s "
+        "with 4 frames a step; 0: as fast as possible, and async play then applies actions as many steps old "
+        "as fit into one round trip)",
+    )
+    p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0)
+    p.add_argument("--epsilon", type=float_in(0, 1), default=0.05, help="fraction of random actions, as the original")
+    p.add_argument("--record", type=output_file, default=None, help="write the gameplay to FILE.gif (or .mp4)")
+    p.add_argument("--screenshot", type=output_file, default=None, help="save the last window image to FILE.png")
+    p.add_argument("--json", type=output_file, default=None, help="write the statistics to FILE.json")
 
 
 def play_config(args: argparse.Namespace):  # -> PlayConfig
     from atari_trtis_demo.game import PlayConfig
+    from atari_trtis_demo.screen import check_record_path
 
-    if args.episodes < 1 or (args.max_steps is not None and args.max_steps < 1):
-        raise UserError("--episodes and --max-steps must be at least 1")
-    if args.rendering_scale < 1:
-        raise UserError(f"--rendering_scale must be at least 1, got {args.rendering_scale}")
+    check_record_path(args.record)
     return PlayConfig(
         env_id=args.env,
         episodes=args.episodes,
         max_steps=args.max_steps,
         sync=args.sync,
         headless=args.headless,
-        fps=0.0 if args.headless else args.fps,
+        fps=args.fps,
         rendering_scale=args.rendering_scale,
         seed=args.seed,
         epsilon=args.epsilon,
@@ -64,34 +70,48 @@ def finish(result, json_path: str | None) -> int:  # result: PlayResult
 
 
 def remote_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Play an Atari game; every action comes from a Triton server over gRPC.")
+    p = ArgumentParser(description="Play an Atari game; every action comes from a Triton server over gRPC.")
     p.add_argument("--host", default="localhost", help="the inference server")
-    p.add_argument("--port", type=int, default=8001, help="its gRPC port")
+    p.add_argument("--port", type=port, default=8001, help="its gRPC port")
     p.add_argument("--model", default="atari", help="model name in the server's repository")
-    p.add_argument("--timeout", type=float, default=5.0, help="per-request deadline in seconds")
+    p.add_argument("--timeout", type=float_in(0, 600, low_open=True), default=5.0, help="per-request deadline, s")
     p.add_argument("--fallback-modelpath", default=None, help="agent directory to play locally while the server fails")
     add_play_flags(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     config = play_config(args)
-    from atari_trtis_demo.game import FallbackPolicy, LocalChainerPolicy, RemotePolicy, play
-    from atari_trtis_demo.inference_client import InferenceClient
+    from atari_trtis_demo.game import play
+    from atari_trtis_demo.inference_client import InferenceClient, InferenceError
+    from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, RemotePolicy
 
-    client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout)
-    policy = RemotePolicy(client)
-    if args.fallback_modelpath:
-        policy = FallbackPolicy(policy, LocalChainerPolicy(args.fallback_modelpath))
+    if not args.fallback_modelpath:
+        policy = RemotePolicy(InferenceClient(args.host, args.port, args.model, timeout=args.timeout))
+    else:
+        # The local agent first: a broken --fallback-modelpath is an error even while the server answers.
+        local = LocalChainerPolicy(args.fallback_modelpath, flag="--fallback-modelpath")
+        client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout, connect=False)
+        try:
+            client.connect()
+            down = None
+        except InferenceError as e:  # play starts locally and moves to the server when it answers
+            down = e
+        policy = FallbackPolicy(RemotePolicy(client), local, primary_down=down)
     try:
         return finish(play(policy, config), args.json)
     finally:
-        client.close()
+        policy.close()
 
 
 def standalone_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Play an Atari game with the agent run locally by Chainer (no server).")
+    p = ArgumentParser(description="Play an Atari game with the agent run locally by Chainer (no server).")
     p.add_argument("--modelpath", required=True, help="ChainerRL agent directory (e.g. results/<run>/best)")
     add_play_flags(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     config = play_config(args)
-    from atari_trtis_demo.game import LocalChainerPolicy, play
+    from atari_trtis_demo.game import play
+    from atari_trtis_demo.policies import LocalChainerPolicy
 
-    return finish(play(LocalChainerPolicy(args.modelpath), config), args.json)
+    policy = LocalChainerPolicy(args.modelpath)
+    try:
+        return finish(play(policy, config), args.json)
+    finally:
+        policy.close()

@@ -7,7 +7,9 @@ import csv
 import json
 import os
 
-from atari_trtis_demo.errors import UserError, run_cli
+from atari_trtis_demo.atomic import replacing_file
+from atari_trtis_demo.cli_args import run_cli
+from atari_trtis_demo.errors import UserError
 
 
 def read_scores(path: str) -> dict[str, list[float]]:
@@ -49,10 +51,11 @@ def plot_learning_curve(scores_path: str, png_path: str, title: str | None = Non
     ax.set_title(title or _run_title(scores_path))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with replacing_file(png_path, suffix=".tmp.png") as tmp:  # the suffix tells matplotlib the format
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
 
 
 def _run_title(scores_path: str) -> str:

@@ -1,8 +1,9 @@
-"""``train_src/train_dqn.py``: ChainerRL's DQN reproduction script, on ale-py.
+"""``train_src/train_dqn.py``, ``atari-train``: ChainerRL's DQN reproduction script, on ale-py.
 
 Flags and defaults are those of ChainerRL's
 ``examples/atari/reproduction/dqn/train_dqn.py``; the flags after ``--n-best-episodes``
-are this project's additions (see docs/deviations.md).
+are this project's additions (see docs/deviations.md). :func:`main` reads as the
+steps of a run; Chainer is imported only once the flags, the GPU and the game are checked.
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from atari_trtis_demo.cli_args import ArgumentParser, int_in
+from atari_trtis_demo.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.gpu import check_gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Train a DQN (Nature network) on an Atari game with ChainerRL.")
-    p.add_argument("--env", type=str, default="BreakoutNoFrameskip-v4", help="Atari env id (or ALE/<Game>-v5)")
+    p.add_argument("--env", type=str, default=DEFAULT_ENV_ID, help="Atari env id (or ALE/<Game>-v5)")
     p.add_argument("--outdir", type=str, default="results", help="parent of the timestamped run directory")
     p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0, help="random seed [0, 2 ** 31)")
     p.add_argument("--gpu", type=int_in(-1), default=0, help="GPU to use, -1 for the CPU")
@@ -61,36 +66,53 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--resume continues training; use --load with --demo")
 
 
+@dataclass
+class Start:
+    """Where training starts: the step, the scores so far, the agent directory loaded (if any)."""
+
+    step_offset: int = 0
+    previous_rows: list[str] = field(default_factory=list)
+    agent_dir: str | None = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     check_args(args)
-
-    from atari_trtis_demo.agent import check_gpu
-
     check_gpu(args.gpu)
-    from atari_trtis_demo.envs import OldGymAPI, make_env
-
-    # Validate the env id before anything is written to disk.
-    train_env = OldGymAPI(make_env(args.env, train=True), seed=args.seed)
+    train_env, eval_env = make_envs(args)  # checks the env id before anything is written to disk
 
     # Chainer and ChainerRL are slow to import: only after the cheap checks.
     from chainerrl import misc
-    from chainerrl.experiments.evaluator import eval_performance
-
-    from atari_trtis_demo.agent import download_pretrained, load_agent, make_agent, remove_unfinished_saves
-    from atari_trtis_demo.training import (
-        list_checkpoints,
-        prepare_output_dir,
-        previous_score_rows,
-        resolve_resume,
-        train_with_evaluation,
-    )
 
     misc.set_random_seed(args.seed, gpus=(args.gpu,))
-    # Different seeds for the training and the evaluation env, as ChainerRL does.
-    eval_env = OldGymAPI(make_env(args.env, train=False), seed=2**31 - 1 - args.seed)
-    n_actions = train_env.action_space.n
+    agent, start = initial_agent(args, train_env.action_space.n)
+    if args.demo:
+        evaluate_demo(agent, eval_env, args)
+        return 0
+    remove_killed_saves(args.outdir, start.agent_dir)
+    outdir = start_run(args, argv)
+    try:
+        train(agent, train_env, eval_env, args, outdir, start)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted at step {agent.t:,}: {where_saved(outdir)}", file=sys.stderr)
+        return 130
+    final_evaluation(agent, eval_env, args, outdir)
+    return 0
+
+
+def make_envs(args: argparse.Namespace) -> tuple[OldGymAPI, OldGymAPI]:
+    """The training and the evaluation env, with different seeds as ChainerRL does."""
+    train_env = OldGymAPI(make_env(args.env, train=True), seed=args.seed)
+    eval_seed = 2**31 - 1 - args.seed
+    return train_env, OldGymAPI(make_env(args.env, train=False, seed=eval_seed), seed=eval_seed)
+
+
+def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]:
+    """A new DQN, loaded from ``--load``, ``--load-pretrained`` or ``--resume`` when given."""
+    from atari_trtis_demo.agent import load_agent, make_agent
+    from atari_trtis_demo.training import previous_score_rows, resolve_resume
+
     agent = make_agent(
         n_actions,
         gpu=args.gpu,
@@ -98,67 +120,100 @@ def main(argv: Sequence[str] | None = None) -> int:
         replay_capacity=args.replay_capacity,
         final_exploration_steps=args.final_exploration_steps,
     )
-
-    step_offset, previous_rows, start_dir = 0, [], None
     if args.load:
         load_agent(agent, args.load, env_n_actions=n_actions)
-        start_dir = args.load
-    elif args.load_pretrained:
+        return agent, Start(agent_dir=args.load)
+    if args.load_pretrained:
+        from atari_trtis_demo.model_zoo import download_pretrained
+
         load_agent(agent, download_pretrained(args.env, args.pretrained_type), env_n_actions=n_actions)
-    elif args.resume:
+        return agent, Start()
+    if args.resume:
         resume_dir, step_offset = resolve_resume(args.resume)
         if step_offset >= args.steps:
             raise UserError(f"--resume {resume_dir}: already at step {step_offset:,}, not below --steps {args.steps:,}")
         load_agent(agent, resume_dir, env_n_actions=n_actions)
         previous_rows = previous_score_rows(resume_dir, step_offset)
         print(f"Resuming from {resume_dir} at step {step_offset:,} (the replay buffer starts empty)", file=sys.stderr)
-        start_dir = resume_dir
-    if not args.demo:
-        # A run killed during a save (kill -9, out of memory) left its temporary copy,
-        # 6-20 MB, beside its agent directories: in the run this one starts from, or
-        # in any earlier run under --outdir.
-        run_dirs = {os.path.dirname(os.path.normpath(start_dir)) or "."} if start_dir else set()
-        if os.path.isdir(args.outdir):
-            run_dirs |= {e.path for e in os.scandir(args.outdir) if e.is_dir(follow_symlinks=False)}
-        for run_dir in sorted(run_dirs):
-            removed, freed = remove_unfinished_saves(run_dir)
-            if removed:
-                saves = "save" if len(removed) == 1 else "saves"
-                print(
-                    f"removed {len(removed)} unfinished {saves} ({freed / 1e6:.0f} MB) "
-                    f"left by a killed run in {run_dir}",
-                    file=sys.stderr,
-                )
+        return agent, Start(step_offset, previous_rows, resume_dir)
+    return agent, Start()
 
-    if args.demo:
-        stats = eval_performance(env=eval_env, agent=agent, n_steps=args.eval_n_steps, n_episodes=None)
-        print(f"n_episodes: {stats['episodes']} mean: {stats['mean']} median: {stats['median']} stdev {stats['stdev']}")
-        return 0
+
+def evaluate_demo(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace) -> None:
+    """``--demo``: only score the agent, for ``--eval-n-steps`` steps."""
+    from chainerrl.experiments.evaluator import eval_performance
+
+    stats = eval_performance(env=eval_env, agent=agent, n_steps=args.eval_n_steps, n_episodes=None)
+    print(f"n_episodes: {stats['episodes']} mean: {stats['mean']} median: {stats['median']} stdev {stats['stdev']}")
+
+
+def remove_killed_saves(outdir: str, start_dir: str | None) -> None:
+    """Remove the temporary copies (6-20 MB each) that runs killed during a save left.
+
+    A run killed during a save (kill -9, out of memory) left its temporary copy beside
+    its agent directories: in the run this one starts from, or in any earlier run
+    under ``--outdir``.
+    """
+    from atari_trtis_demo.agent import remove_unfinished_saves
+
+    run_dirs = {os.path.dirname(os.path.normpath(start_dir)) or "."} if start_dir else set()
+    if os.path.isdir(outdir):
+        run_dirs |= {e.path for e in os.scandir(outdir) if e.is_dir(follow_symlinks=False)}
+    for run_dir in sorted(run_dirs):
+        removed, freed = remove_unfinished_saves(run_dir)
+        if removed:
+            saves = "save" if len(removed) == 1 else "saves"
+            print(
+                f"removed {len(removed)} unfinished {saves} ({freed / 1e6:.0f} MB) left by a killed run in {run_dir}",
+                file=sys.stderr,
+            )
+
+
+def start_run(args: argparse.Namespace, argv: list[str]) -> str:
+    """The new run directory, with log.txt; SIGTERM (a scheduler or ``kill``) will end training like Ctrl-C."""
+    from atari_trtis_demo.training import prepare_output_dir
 
     outdir = prepare_output_dir(vars(args), args.outdir, [sys.argv[0]] + argv)
     print(f"Output files are saved in {outdir}", file=sys.stderr)
     _log_to_file(outdir, args.logging_level)
-    # SIGTERM (a scheduler or `kill`) ends training like Ctrl-C: saved, resumable.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        train_with_evaluation(
-            agent,
-            train_env,
-            eval_env,
-            steps=args.steps,
-            outdir=outdir,
-            eval_n_steps=args.eval_n_steps,
-            eval_n_episodes=None,
-            eval_interval=args.eval_interval,
-            checkpoint_freq=args.checkpoint_freq,
-            step_offset=step_offset,
-            previous_rows=previous_rows,
-        )
-    except KeyboardInterrupt:
-        saved = [p for p in list_checkpoints(outdir) if p.endswith("_except")]
-        where = f"the agent is saved in {saved[-1]}; continue with --resume {saved[-1]}" if saved else "nothing saved"
-        print(f"\nInterrupted at step {agent.t:,}: {where}", file=sys.stderr)
-        return 130
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # saved and resumable, as Ctrl-C
+    return outdir
+
+
+def train(
+    agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str, start: Start
+) -> None:
+    """ChainerRL's training loop with evaluations, checkpoints and the progress line."""
+    from atari_trtis_demo.training import train_with_evaluation
+
+    train_with_evaluation(
+        agent,
+        train_env,
+        eval_env,
+        steps=args.steps,
+        outdir=outdir,
+        eval_n_steps=args.eval_n_steps,
+        eval_n_episodes=None,
+        eval_interval=args.eval_interval,
+        checkpoint_freq=args.checkpoint_freq,
+        step_offset=start.step_offset,
+        previous_rows=start.previous_rows,
+    )
+
+
+def where_saved(outdir: str) -> str:
+    """After Ctrl-C: where ChainerRL saved the agent and how to continue."""
+    from atari_trtis_demo.training import list_checkpoints
+
+    saved = [p for p in list_checkpoints(outdir) if p.endswith("_except")]
+    return f"the agent is saved in {saved[-1]}; continue with --resume {saved[-1]}" if saved else "nothing saved"
+
+
+def final_evaluation(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str) -> None:
+    """Score the best agent (or the final one, if no evaluation ran) into ``bestscores.json``."""
+    from chainerrl.experiments.evaluator import eval_performance
+
+    from atari_trtis_demo.agent import load_agent
 
     best_dir = os.path.join(outdir, "best")
     if not os.path.isdir(best_dir):
@@ -168,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"scoring the final agent in {best_dir}",
             file=sys.stderr,
         )
-    load_agent(agent, best_dir, env_n_actions=n_actions)
+    load_agent(agent, best_dir, env_n_actions=eval_env.action_space.n)
     # 30 evaluation episodes, each capped at 4,500 agent steps (5 minutes of play).
     stats = eval_performance(
         env=eval_env, agent=agent, n_steps=None, n_episodes=args.n_best_episodes, max_episode_len=4500, logger=None
@@ -178,7 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("The results of the best scoring network:")
     for key, value in stats.items():
         print(f"{key}:{value}")
-    return 0
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

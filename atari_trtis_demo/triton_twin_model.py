@@ -56,7 +56,7 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.model_name = config["name"]
         # The model's own limit: serve gives Triton a far larger one for the twin (see
-        # serve.twin_config), so that only this model, per request, refuses a batch.
+        # triton_twin.twin_config), so that only this model, per request, refuses a batch.
         self.max_batch_size = int(config["parameters"]["max_batch_size"]["string_value"])
         # name -> (dims without the batch dimension, numpy dtype, KServe datatype)
         self.inputs = {

@@ -16,7 +16,8 @@ import time
 
 import onnxruntime as ort
 
-from atari_trtis_demo.agent import greedy_q_values, make_agent
+from atari_trtis_demo.agent import batch_q_values, make_agent
+from atari_trtis_demo.envs import DEFAULT_ENV_ID
 from atari_trtis_demo.onnx_export import export_onnx, load_q_function, observation_samples
 
 
@@ -31,17 +32,17 @@ def main() -> None:
             make_agent(4).save(tmp)
         q_function, n_actions = load_q_function(model_dir)
     session = ort.InferenceSession(export_onnx(q_function).SerializeToString(), providers=["CPUExecutionProvider"])
-    frames = observation_samples("BreakoutNoFrameskip-v4", n=32)
+    frames = observation_samples(DEFAULT_ENV_ID, n=32)
     print(f"Nature DQN, {n_actions} actions, onnxruntime {ort.__version__}, {args.repeats} calls per batch size")
     for batch in (1, 32):
         x = frames[:batch]
         times: dict[str, list[float]] = {"chainer": [], "onnxruntime": []}
         for _ in range(5):  # warm-up
-            greedy_q_values(q_function, x)
+            batch_q_values(q_function, x)
             session.run(None, {"input": x})
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            greedy_q_values(q_function, x)
+            batch_q_values(q_function, x)
             t1 = time.perf_counter()
             session.run(None, {"input": x})
             t2 = time.perf_counter()

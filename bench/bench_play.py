@@ -11,7 +11,6 @@ Nature DQN; speed does not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import statistics
 import tempfile
 from pathlib import Path
@@ -19,13 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.game import LocalChainerPolicy, PlayConfig, RemotePolicy, play
-from atari_trtis_demo.inference_client import InferenceClient, LatencyStats
+from atari_trtis_demo.game import PlayConfig, play
+from atari_trtis_demo.inference_client import InferenceClient
 from atari_trtis_demo.onnx_export import convert
+from atari_trtis_demo.play_stats import LatencyStats
+from atari_trtis_demo.policies import LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serve import serving
 
 
-class RandomPolicy:
+class RandomPolicy(Policy):
     """No model at all: what the env and the loop alone can do."""
 
     name = "random actions"
@@ -37,11 +38,6 @@ class RandomPolicy:
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
         return self.rng.random(self.n_actions)
-
-    def q_values_async(self, frames: np.ndarray) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result(self.q_values(frames))
-        return future
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from chainerrl import agents, misc
 from chainerrl.experiments import train_agent_with_evaluation
 
 from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.envs import OldGymAPI, make_env
+from atari_trtis_demo.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
 from atari_trtis_demo.training import train_with_evaluation
 
 # (name, steps, replay_start_size): acting only, then learning from step 100 on.
@@ -54,7 +54,7 @@ def stock_dqn(n_actions: int, replay_start_size: int) -> agents.DQN:
 def run(side: str, env_id: str, steps: int, replay_start_size: int, seed: int) -> float:
     misc.set_random_seed(seed)
     env = OldGymAPI(make_env(env_id, train=True), seed=seed)
-    eval_env = OldGymAPI(make_env(env_id, train=False), seed=seed + 1)
+    eval_env = OldGymAPI(make_env(env_id, train=False, seed=seed + 1), seed=seed + 1)
     n = env.action_space.n
     big = 10**9  # no evaluation and no checkpoint inside the timed window
     with tempfile.TemporaryDirectory() as outdir:
@@ -75,7 +75,7 @@ def run(side: str, env_id: str, steps: int, replay_start_size: int, seed: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--env", default="BreakoutNoFrameskip-v4")
+    parser.add_argument("--env", default=DEFAULT_ENV_ID)
     args = parser.parse_args()
     logging.disable(logging.INFO)  # ChainerRL logs every episode; the bench prints its own lines
     print(f"env {args.env}, {args.rounds} rounds, sides alternate within each round")

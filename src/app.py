@@ -2,11 +2,12 @@
 
     python src/app.py --host ${TRITON_IP} --port 8001 --sync
 
-The logic lives in ``atari_trtis_demo.game``; this file is the command users know.
+The logic lives in ``atari_trtis_demo.game``; this file is the command users know
+(installed as ``atari-play`` by ``pip install -e .``).
 No Chainer is needed.
 """
 
-from atari_trtis_demo.errors import run_cli
+from atari_trtis_demo.cli_args import run_cli
 from atari_trtis_demo.play_cli import remote_main
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from atari_trtis_demo import onnx_export
-from atari_trtis_demo.agent import greedy_q_values, make_agent
+from atari_trtis_demo.agent import batch_q_values, make_agent
 from atari_trtis_demo.envs import OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.onnx_export import convert, load_q_function, observation_samples
@@ -82,7 +82,7 @@ def test_repository_model_matches_chainer_and_config_is_triton_valid(
     frames = observation_samples(env_id, n=32, seed=3)
     for batch in (1, 7, 32):
         (got,) = session.run(["action"], {"input": frames[:batch]})
-        expected = greedy_q_values(q_function, frames[:batch])
+        expected = batch_q_values(q_function, frames[:batch])
         assert got.shape == (batch, n_actions)
         assert np.max(np.abs(got - expected)) <= 1e-5
         assert np.array_equal(got.argmax(1), expected.argmax(1))
@@ -291,3 +291,39 @@ def test_numeric_flags_at_their_bounds_are_accepted(tmp_path: Path) -> None:
     bounds = ["--version", "1", "--max-batch-size", "4096", "--instance-count", "64", "--gpu", "-1"]
     result = run_converter("--model", str(tmp_path / "agent"), "--repository", str(tmp_path / "repo"), *bounds)
     assert result.returncode == 2 and "error: --model" in result.stderr, result.stderr  # past the parser
+
+
+CONSOLE_SCRIPTS = ["atari-train", "atari-convert", "atari-serve", "atari-play", "atari-play-local"]
+
+
+def test_console_scripts_are_installed_and_errors_are_one_line(tmp_path: Path) -> None:
+    """``pip install -e .`` puts the five commands beside the interpreter; each says a bad input in one line."""
+    bindir = Path(sys.executable).with_name("atari-convert").parent
+    assert [name for name in CONSOLE_SCRIPTS if not (bindir / name).is_file()] == []
+    result = subprocess.run(
+        [str(bindir / "atari-convert"), "--model", str(tmp_path / "agent"), "--max-batch-size", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--max-batch-size" in lines[0], result.stderr
+    missing = subprocess.run(
+        [str(bindir / "atari-convert"), "--model", str(tmp_path / "agent")], capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"error: --model {tmp_path / 'agent'}: directory does not exist"
+    ], missing.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    from atari_trtis_demo import atomic
+
+    target = tmp_path / "config.pbtxt"
+    atomic.write_bytes(str(target), b"old")
+    with pytest.raises(RuntimeError), atomic.replacing_file(str(target)) as tmp:
+        Path(tmp).write_bytes(b"half of the new")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["config.pbtxt"]
+    atomic.write_bytes(str(target), b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["config.pbtxt"]

@@ -132,8 +132,7 @@ def test_training_env_ends_episodes_at_lost_lives_and_clips_rewards() -> None:
 
 
 def test_evaluation_env_plays_whole_games_with_raw_rewards() -> None:
-    env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=1.0)
-    find_wrapper(env, RandomizeAction).rng = np.random.default_rng(5)  # a seeded, deterministic game
+    env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=1.0, seed=5)  # a seeded, deterministic game
     env.reset(seed=5)
     rewards = []
     lives_seen = set()
@@ -149,9 +148,8 @@ def test_evaluation_env_plays_whole_games_with_raw_rewards() -> None:
 
 
 def test_randomize_action_replaces_the_given_fraction() -> None:
-    env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.25)
+    env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.25, seed=0)
     randomizer = find_wrapper(env, RandomizeAction)
-    randomizer.rng = np.random.default_rng(0)
     replaced = 0
     for _ in range(4000):
         randomizer.action(0)
@@ -159,6 +157,22 @@ def test_randomize_action_replaces_the_given_fraction() -> None:
     assert 0.2 < replaced / 4000 < 0.3
     with pytest.raises(UserError, match="--epsilon"):
         make_env("BreakoutNoFrameskip-v4", train=False, epsilon=1.5)
+
+
+def test_seed_makes_the_random_actions_repeat() -> None:
+    def random_actions(seed: int) -> list[int]:
+        env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=1.0, seed=seed)
+        randomizer = find_wrapper(env, RandomizeAction)
+        return [randomizer.action(0) for _ in range(50)]
+
+    assert random_actions(3) == random_actions(3) != random_actions(4)
+    # The stream of a generator seeded by hand, as callers seeded the wrapper before make_env took a seed.
+    by_hand = np.random.default_rng(3)
+    expected = []
+    for _ in range(50):
+        assert by_hand.random() < 1.0  # the draw deciding whether to randomize (always, at epsilon 1)
+        expected.append(int(by_hand.integers(4)))
+    assert random_actions(3) == expected
 
 
 def test_v5_ids_work_with_frameskip_forced_to_one() -> None:

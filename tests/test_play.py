@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,9 +17,10 @@ import pytest
 from helpers import free_ports
 
 from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.game import FallbackPolicy, LocalChainerPolicy, PlayConfig, play
+from atari_trtis_demo.game import PlayConfig, play
 from atari_trtis_demo.inference_client import ServerUnavailable
 from atari_trtis_demo.onnx_export import convert
+from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serve import serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def run_app(script: Path, *args: str, timeout: float = 300) -> subprocess.Comple
 def test_standalone_app_plays_and_reports(agents: dict[str, Path], tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
     result = run_app(
-        STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", "--sync", "--max-steps", "300",
+        STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", "--fps", "0", "--sync", "--max-steps", "300",
         "--episodes", "2", "--json", str(stats), "--epsilon", "1.0", "--seed", "3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -115,7 +117,7 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
     flags = [mode] if mode == "--sync" else []
     result = run_app(
         REMOTE, "--host", "127.0.0.1", "--port", str(server.grpc_port), "--model", model, "--env", env_id,
-        "--headless", "--max-steps", "300", "--json", str(stats), "--epsilon", "0.3", *flags,
+        "--headless", "--fps", "0", "--max-steps", "300", "--json", str(stats), "--epsilon", "0.3", *flags,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     figures = json.loads(stats.read_text())
@@ -132,7 +134,6 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
 
 
 def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
-    from atari_trtis_demo.game import RemotePolicy
     from atari_trtis_demo.inference_client import InferenceClient
 
     rates = {}
@@ -151,20 +152,20 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
     shot = tmp_path / "screen.png"
     policy = LocalChainerPolicy(str(agents["breakout"]))
     config = PlayConfig(sync=True, max_steps=40, rendering_scale=2, screenshot=str(shot), fps=0)
-    from atari_trtis_demo import game
+    from atari_trtis_demo.screen import Screen
 
     frames = []
-    real_draw = game.Screen.draw
+    real_draw = Screen.draw
 
     def draw(self, rgb, *args):
         frames.append(rgb.copy())
         real_draw(self, rgb, *args)
 
-    game.Screen.draw = draw
+    Screen.draw = draw
     try:
         result = play(policy, config)
     finally:
-        game.Screen.draw = real_draw
+        Screen.draw = real_draw
     assert result.steps == 40
     image = pygame.surfarray.array3d(pygame.image.load(str(shot))).swapaxes(0, 1)
     assert image.shape == (420, 320, 3)
@@ -178,7 +179,9 @@ def test_gif_recording(agents: dict[str, Path], tmp_path: Path) -> None:
     gif = tmp_path / "play.gif"
     result = play(
         LocalChainerPolicy(str(agents["breakout"])),
-        PlayConfig(sync=True, headless=True, max_steps=20, rendering_scale=1, record=str(gif)),
+        # Unpaced, so that the overlay's steps/s differs from frame to frame: the GIF writer
+        # merges identical consecutive frames into one longer one.
+        PlayConfig(sync=True, headless=True, max_steps=20, rendering_scale=1, record=str(gif), fps=0),
     )
     assert result.steps == 20
     import imageio.v2 as imageio
@@ -194,40 +197,71 @@ def start_game(args: list[str]) -> subprocess.Popen:
     )  # fmt: skip
 
 
+class Game:
+    """``src/app.py`` running headless, its console lines collected as they come."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = start_game(args)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None, f"the game ended before '{text}': {self.finish()}"
+            assert time.monotonic() < deadline, f"no '{text}' within {timeout} s: {self.lines}"
+            time.sleep(0.1)
+
+    def stop(self) -> tuple[str, str]:
+        """Ctrl-C, as a user ends play: the statistics so far, exit code 0."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.finish()
+
+    def finish(self) -> tuple[str, str]:
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=60)
+        self._reader.join(timeout=10)
+        return "".join(self.lines), err
+
+
 @pytest.mark.parametrize("fallback", [False, True])
 def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback: bool) -> None:
     repo = tmp_path / "trtismodel"
     convert(str(agents["breakout"]), repository=str(repo))
     http, grpc_port, metrics = free_ports(3)
-    # Many short games, so play is surely still going when the server dies.
-    args = ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--episodes", "20", "--max-steps", "300",
-            "--timeout", "2", "--json", str(tmp_path / "stats.json")]  # fmt: skip
-    args += ["--fallback-modelpath", str(agents["breakout"]), "--episodes", "40"] if fallback else ["--sync"]
+    # Paced, and many games: play is surely still going when the server dies.
+    args = ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "200", "--episodes", "1000",
+            "--max-steps", "300", "--timeout", "2", "--json", str(tmp_path / "stats.json")]  # fmt: skip
+    args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync"]
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
-        proc = start_game(args)
+        game = Game(args)
         time.sleep(6)  # playing against the server meanwhile
         server.stop()
     if fallback:
-        time.sleep(2)  # playing locally meanwhile
+        game.wait_for("playing on with local inference")
         with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics):  # the server is back
-            out, err = proc.communicate(timeout=300)
+            game.wait_for("back to remote inference")
+            out, err = game.stop()
+        assert game.proc.returncode == 0, err
     else:
-        out, err = proc.communicate(timeout=300)
+        out, err = game.finish()
     figures = json.loads((tmp_path / "stats.json").read_text())
     assert figures["requests"] > 0 and figures["steps"] > 0
     if fallback:
-        assert proc.returncode == 0, err
-        assert "playing on with local inference" in out and figures["fallback_switches"] == 1
-        assert "back to remote inference" in out, "play returns to the restarted server"
-        assert len(figures["episodes"]) == 40 and figures["error"] is None
+        assert out.count("playing on with local inference") == 1 and figures["fallback_switches"] == 1
+        assert "Traceback" not in err and "InvalidStateError" not in err, err
+        assert figures["error"] is None and figures["stopped_by_user"]
     else:
-        assert proc.returncode == 1
+        assert game.proc.returncode == 1
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and f"127.0.0.1:{grpc_port}" in errors[0] and "Traceback" not in err
-        assert "requests" in out and len(figures["episodes"]) < 20, "the statistics so far are printed"
+        # A server shutting down unloads its models first (NOT_FOUND): not the player's fault.
+        assert "refused" not in errors[0], errors[0]
+        assert "requests" in out and len(figures["episodes"]) < 1000, "the statistics so far are printed"
 
 
-class FlakyPolicy:
+class FlakyPolicy(Policy):
     """A real local policy that fails like a dead server while ``down`` is set."""
 
     def __init__(self, inner: LocalChainerPolicy) -> None:
@@ -238,11 +272,6 @@ class FlakyPolicy:
         if self.down:
             raise ServerUnavailable("cannot connect to 127.0.0.1:1 (test)")
         return self.inner.q_values(frames)
-
-    def q_values_async(self, frames: np.ndarray):
-        if self.down:
-            raise ServerUnavailable("cannot connect to 127.0.0.1:1 (test)")
-        return self.inner.q_values_async(frames)
 
 
 @pytest.mark.parametrize("sync", [True, False])
@@ -258,11 +287,11 @@ def test_fallback_returns_to_the_primary_when_it_answers_again(agents: dict[str,
     expected = ask()
     primary.down = True
     np.testing.assert_array_equal(ask(), expected)  # answered locally
-    assert policy.active and policy.switches == 1
+    assert policy.on_fallback and policy.fallback_switches == 1
     primary.down = False
     time.sleep(0.1)
     ask()
-    assert not policy.active, "back to the primary once it answers"
+    assert not policy.on_fallback, "back to the primary once it answers"
     before = fallback.latency.summary()["count"]
     ask()
     assert fallback.latency.summary()["count"] == before, "the fallback is idle again"
@@ -288,7 +317,7 @@ def test_remote_player_does_not_need_chainer(server) -> None:
     code = (
         "import sys; sys.modules['chainer'] = None; sys.modules['chainerrl'] = None\n"
         f"sys.argv = ['app.py', '--host', '127.0.0.1', '--port', '{server.grpc_port}', '--headless',"
-        " '--max-steps', '20']\n"
+        " '--max-steps', '20', '--fps', '0']\n"
         "from atari_trtis_demo.play_cli import remote_main\n"
         "raise SystemExit(remote_main())"
     )
@@ -309,3 +338,89 @@ def test_ctrl_c_ends_play_cleanly(agents: dict[str, Path]) -> None:
     timer.cancel()
     assert proc.returncode == 0, err
     assert "agent steps" in out and "Traceback" not in err
+
+
+def test_fallback_with_no_server_at_start_plays_locally_then_moves_to_the_server(
+    agents: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = tmp_path / "trtismodel"
+    convert(str(agents["breakout"]), repository=str(repo))
+    http, grpc_port, metrics = free_ports(3)
+    stats = tmp_path / "stats.json"
+    game = Game(
+        ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "100", "--episodes", "1000",
+         "--timeout", "2", "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats)]
+    )  # fmt: skip
+    game.wait_for("playing on with local inference")
+    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics):
+        game.wait_for("back to remote inference")
+        time.sleep(1)  # a few remote answers
+        out, err = game.stop()
+    assert game.proc.returncode == 0, err
+    assert out.count("playing on with local inference") == 1 and f"cannot connect to 127.0.0.1:{grpc_port}" in out
+    assert "Traceback" not in err and "InvalidStateError" not in err, err
+    figures = json.loads(stats.read_text())
+    assert figures["latency_ms"]["count"] > 0, "the server answered once it was up"
+    assert figures["fallback_switches"] == 1 and figures["error"] is None
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        pytest.param(["--timeout", "0"], ["--timeout", "above 0"], id="timeout-zero"),
+        pytest.param(["--fps", "-5"], ["--fps", "between 0 and 10000"], id="fps-negative"),
+        pytest.param(["--port", "70000"], ["--port", "between 1 and 65535"], id="port-too-big"),
+        pytest.param(["--episodes", "0"], ["--episodes", "at least 1"], id="episodes-zero"),
+        pytest.param(["--max-steps", "-3"], ["--max-steps", "at least 1"], id="max-steps-negative"),
+        pytest.param(["--epsilon", "1.5"], ["--epsilon", "between 0 and 1"], id="epsilon-above-1"),
+        pytest.param(["--seed", "-1"], ["--seed", "between 0 and 2147483647"], id="seed-negative"),
+        pytest.param(["--rendering_scale", "0"], ["--rendering_scale", "between 1 and 16"], id="scale-zero"),
+        pytest.param(["--fps", "nan"], ["--fps"], id="fps-nan"),
+    ],
+)
+def test_a_bad_number_is_one_line_before_any_work(flags: list[str], words: list[str]) -> None:
+    (port,) = free_ports(1)  # no server: the flag must be refused before connecting
+    for script, target in ((REMOTE, ["--host", "127.0.0.1", "--port", str(port)]), (STANDALONE, ["--modelpath", "x"])):
+        if script == STANDALONE and flags[0] in ("--timeout", "--port"):
+            continue
+        line = one_error_line(run_app(script, *target, "--headless", *flags, timeout=60))
+        for word in words:
+            assert word in line, (script.name, line)
+
+
+@pytest.mark.parametrize("flag", ["--json", "--screenshot", "--record"])
+def test_an_output_file_in_a_missing_folder_is_refused_before_playing(flag: str, agents: dict[str, Path]) -> None:
+    target = "/nonexistent-folder/out." + {"--json": "json", "--screenshot": "png", "--record": "gif"}[flag]
+    started = time.monotonic()
+    result = run_app(STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", flag, target)
+    line = one_error_line(result)
+    assert flag in line and "/nonexistent-folder does not exist" in line, line
+    assert "episode" not in result.stdout and time.monotonic() - started < 30, "refused before playing"
+
+
+@pytest.mark.parametrize("app", ["standalone", "remote with fallback"])
+def test_local_inference_in_a_client_only_install_is_one_line(app: str, agents: dict[str, Path]) -> None:
+    """After ./setup.sh --client there is no gym, Chainer or ChainerRL: say what to install."""
+    argv = (
+        ["--modelpath", str(agents["breakout"])]
+        if app == "standalone"
+        else ["--host", "127.0.0.1", "--port", str(free_ports(1)[0]), "--fallback-modelpath", str(agents["breakout"])]
+    )
+    main = "standalone_main" if app == "standalone" else "remote_main"
+    code = (
+        "import sys\n"
+        "for name in ('gym', 'chainer', 'chainerrl'): sys.modules[name] = None\n"
+        f"from atari_trtis_demo.play_cli import {main}\n"
+        "from atari_trtis_demo.cli_args import run_cli\n"
+        f"run_cli(lambda: {main}({argv + ['--headless']!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    line = one_error_line(result)
+    flag = "--modelpath" if app == "standalone" else "--fallback-modelpath"
+    assert line.startswith(f"error: {flag} ") and "./setup.sh" in line and "Traceback" not in result.stderr, line

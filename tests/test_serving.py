@@ -26,6 +26,7 @@ from atari_trtis_demo.inference_client import (
     InvalidRequest,
     ModelNotReady,
     RequestTimeout,
+    ServerGoingAway,
     ServerUnavailable,
 )
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
@@ -88,7 +89,7 @@ def test_official_client_sees_the_model_and_gets_onnxruntime_answers(server, rep
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("action", "FP32", [-1, MODELS[name]])]
     config = client.get_model_config(name).config
     assert config.HasField("dynamic_batching")
-    # The python-backend twin keeps the model's limit as a parameter (see serve.twin_config).
+    # The python-backend twin keeps the model's limit as a parameter (see triton_twin.twin_config).
     assert config.parameters["max_batch_size"].string_value == "8" and config.max_batch_size > 8
     for batch in (1, 7):
         frames = frames_batch(batch, seed=batch)
@@ -130,22 +131,25 @@ def _alter(request, case: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "case, status",
+    "case, status, error",
     [
-        ("input name", "INVALID_ARGUMENT"),
-        ("shape", "INVALID_ARGUMENT"),
-        ("data type", "INVALID_ARGUMENT"),
-        ("byte count", "INVALID_ARGUMENT"),
-        ("batch over max", "INVALID_ARGUMENT"),
-        ("unknown model", "NOT_FOUND"),
+        ("input name", "INVALID_ARGUMENT", InvalidRequest),
+        ("shape", "INVALID_ARGUMENT", InvalidRequest),
+        ("data type", "INVALID_ARGUMENT", InvalidRequest),
+        ("byte count", "INVALID_ARGUMENT", InvalidRequest),
+        ("batch over max", "INVALID_ARGUMENT", InvalidRequest),
+        # To a client, a model it checked and now NOT_FOUND is going away (a server shutting down).
+        ("unknown model", "NOT_FOUND", ServerGoingAway),
     ],
 )
-def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(server, case: str, status: str) -> None:
+def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(
+    server, case: str, status: str, error: type
+) -> None:
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
         frames = frames_batch(9 if case == "batch over max" else 1)
         request = client.build_request(frames)
         _alter(request, case)
-        with pytest.raises(InvalidRequest) as err:
+        with pytest.raises(error) as err:
             client.model_infer(request)
         message = str(err.value)
         assert status in message and f"127.0.0.1:{server.grpc_port}" in message and "\n" not in message
