@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 MAX_BATCH_SIZE_LIMIT = 4096
 INSTANCE_COUNT_LIMIT = 64
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_PARAMETER_TEXT = re.compile(r"[A-Za-z0-9_./-]+")
 
 
 def model_name_problem(name: str) -> str | None:
@@ -67,8 +69,13 @@ def render_config(
     max_batch_size: int = 32,
     instance_kind: str = "KIND_GPU",
     instance_count: int = 1,
+    parameters: Mapping[str, str] | None = None,
 ) -> str:
-    """The ``config.pbtxt`` Triton needs to load the exported DQN, with comments for users."""
+    """The ``config.pbtxt`` Triton needs to load the exported DQN, with comments for users.
+
+    ``parameters`` become the config's string ``parameters`` (facts that travel with the
+    model, such as its game); keys and values are letters, digits and ``_ - . /``.
+    """
     check_model_name(name)
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind}")
@@ -76,6 +83,13 @@ def render_config(
         raise UserError(f"--max-batch-size must be between 1 and {MAX_BATCH_SIZE_LIMIT}, got {max_batch_size}")
     if not 1 <= instance_count <= INSTANCE_COUNT_LIMIT:
         raise UserError(f"--instance-count must be between 1 and {INSTANCE_COUNT_LIMIT}, got {instance_count}")
+    for key, value in (parameters or {}).items():
+        if not _PARAMETER_TEXT.fullmatch(key) or not _PARAMETER_TEXT.fullmatch(value):
+            raise UserError(f"config parameter {key!r}: {value!r} cannot be written into config.pbtxt")
+    parameter_lines = "".join(
+        f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
+        for key, value in (parameters or {}).items()
+    )
     return f"""# Triton model configuration written by onnx_converter_src/converter.py.
 name: "{name}"
 platform: "onnxruntime_onnx"
@@ -112,7 +126,7 @@ instance_group [
   }}
 ]
 default_model_filename: "{MODEL_FILENAME}"
-"""
+{parameter_lines}"""
 
 
 def existing_versions(model_dir: str) -> list[int]:
