@@ -34,8 +34,8 @@ from chainerrl.agent import load_npz_no_strict  # noqa: E402
 from atari_trtis_demo.atomic import UNFINISHED_DIR, DirectorySwap, recover_interrupted_swap
 from atari_trtis_demo.envs import STACK_SIZE, scale_observation
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.game_id import AGENT_STATE_FILE, ENV_ID_KEY
 
-AGENT_STATE_FILE = "agent_state.json"
 MODEL_FILE = "model.npz"
 # Shapes of a Nature DQN's weights in model.npz; the last layer's rows are n_actions.
 NATURE_DQN_SHAPES = {
@@ -66,13 +66,21 @@ class AtomicSaveDQN(agents.DQN):
     swapped in with renames (:class:`~atari_trtis_demo.atomic.DirectorySwap`). A crash
     or kill at any moment leaves either the old directory or the new one (or, between
     the two renames, the old one under a ``.old-*`` name that :func:`load_agent` recovers).
+
+    ``env_id``, the game the agent plays, is recorded in ``agent_state.json`` beside
+    the step and the action count, so the converter and the players know it.
     """
 
+    env_id: str | None = None
+
     def save(self, dirname: str) -> None:
+        state: dict[str, Any] = {"t": int(self.t), "n_actions": int(self.n_actions)}
+        if self.env_id:
+            state[ENV_ID_KEY] = self.env_id
         with DirectorySwap(dirname) as swap:
             super().save(swap.staging)
             with open(os.path.join(swap.staging, AGENT_STATE_FILE), "w") as f:
-                json.dump({"t": int(self.t), "n_actions": int(self.n_actions)}, f)
+                json.dump(state, f)
             swap.commit()
 
     @property
@@ -144,8 +152,12 @@ def make_agent(
     minibatch_size: int = 32,
     q_function: chainer.Link | None = None,
     phi: Callable[[Any], np.ndarray] = scale_observation,
+    env_id: str | None = None,
 ) -> AtomicSaveDQN:
-    """The reproduction script's DQN. ``q_function`` replaces the Nature network (tests)."""
+    """The reproduction script's DQN. ``q_function`` replaces the Nature network (tests).
+
+    ``env_id`` is the game it plays, recorded in every directory it saves.
+    """
     q_func = q_function if q_function is not None else make_q_function(n_actions)
     # RMSprop as in the Nature paper (Graves' variant, centered, no momentum).
     opt = optimizers.RMSpropGraves(lr=lr, alpha=0.95, momentum=0.0, eps=1e-2)
@@ -156,7 +168,7 @@ def make_agent(
         decay_steps=final_exploration_steps,
         random_action_func=lambda: np.random.randint(n_actions),
     )
-    return AtomicSaveDQN(
+    agent = AtomicSaveDQN(
         q_func,
         opt,
         replay_buffer.ReplayBuffer(replay_capacity),
@@ -171,6 +183,8 @@ def make_agent(
         batch_accumulator="sum",
         phi=phi,
     )
+    agent.env_id = env_id
+    return agent
 
 
 def read_n_actions(model_dir: str) -> int:

@@ -53,6 +53,7 @@ __all__ = [
     "OldGymAPI",
     "RandomizeAction",
     "atari_env_ids",
+    "check_env_id",
     "find_wrapper",
     "make_atari_emulator",
     "make_env",
@@ -82,17 +83,31 @@ def atari_env_ids() -> list[str]:
     return sorted(k for k, spec in gym.registry.items() if "ale_py" in str(spec.entry_point))
 
 
+def check_env_id(env_id: str, flag: str = "--env") -> str:
+    """``env_id`` if ale-py knows it, else a one-line :class:`UserError` with the closest ids.
+
+    The id training uses, ``<Game>NoFrameskip-v4``, is suggested first when the game is
+    recognised (``Breakout``, ``breakout-v4``, ``ALE/Breakout``), then ``ALE/<Game>-v5``.
+    """
+    ids = atari_env_ids()
+    if env_id in ids:
+        return env_id
+    by_lower = {i.lower(): i for i in ids}
+    game = env_id.removeprefix("ALE/").split("-")[0].removesuffix("NoFrameskip").lower()
+    preferred = [by_lower[c] for c in (f"{game}noframeskip-v4", f"ale/{game}-v5") if c in by_lower]
+    close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
+    suggestions = list(dict.fromkeys(preferred + close))[:3]
+    hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else f"; try {DEFAULT_ENV_ID}"
+    raise UserError(f"{flag}: unknown Atari env id '{env_id}'{hint}")
+
+
 def make_atari_emulator(env_id: str, *, render_mode: str | None = None) -> gym.Env:
     """The bare ALE env for ``env_id`` with one emulator frame per step.
 
     ``BreakoutNoFrameskip-v4`` and ``ALE/Breakout-v5`` both work; the frame skip is
     always forced to 1 because :class:`MaxAndSkip` does the skipping.
     """
-    ids = atari_env_ids()
-    if env_id not in ids:
-        close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; try {DEFAULT_ENV_ID}"
-        raise UserError(f"--env: unknown Atari env id '{env_id}'{hint}")
+    check_env_id(env_id)
     return gym.make(
         env_id,
         frameskip=1,

@@ -22,7 +22,7 @@ from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.inference_client import InferenceError
 from atari_trtis_demo.play_stats import staleness_buckets, staleness_summary
 from atari_trtis_demo.policies import Policy
-from atari_trtis_demo.screen import Screen, check_record_path
+from atari_trtis_demo.screen import PAUSE, QUIT, Screen, check_record_path
 
 # The Atari's own pace: 60 frames/s, and one agent step is 4 frames (action repeat).
 REAL_TIME_FPS = 15.0
@@ -36,7 +36,7 @@ class PlayConfig:
     sync: bool = False
     headless: bool = False
     fps: float = REAL_TIME_FPS
-    rendering_scale: int = 3
+    rendering_scale: float = 3.0
     seed: int = 0
     epsilon: float = 0.05
     record: str | None = None
@@ -161,8 +161,22 @@ class AsyncActions:
             self._pending = None
 
 
+def overlay_lines(policy: Policy, mode: str, score: float, episode: str, steps_per_second: float) -> list[str]:
+    """The two lines at the bottom of the window: the game, then the inference."""
+    latency = policy.latency.last_ms
+    if policy.on_fallback:
+        rtt = "rtt - (server down)"  # the last server round trip is not news
+    else:
+        rtt = "rtt -" if latency is None else f"rtt {latency:.1f} ms"
+    return [f"score {score:g}   episode {episode}", f"{steps_per_second:.0f} steps/s   {rtt}   {mode.upper()}"]
+
+
 def play(policy: Policy, config: PlayConfig) -> PlayResult:
-    """Play ``config.episodes`` games; stops early on a closed window, Ctrl-C or a policy error."""
+    """Play ``config.episodes`` games; stops early on Esc/Q, a closed window, Ctrl-C or a policy error.
+
+    In the window, P or Space pauses; after the last episode the window stays on a
+    game-over screen until a key is pressed or it is closed.
+    """
     check_record_path(config.record)
     env = make_env(config.env_id, train=False, epsilon=config.epsilon, seed=config.seed)
     if env.action_space.n != policy.n_actions:
@@ -174,14 +188,14 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
     mode = "sync" if config.sync else "async"
     result = PlayResult(mode=mode, policy=policy.name)
     screen = Screen(
-        f"{config.env_id}: {mode} inference",
+        f"{config.env_id}: {policy.name}, {mode} inference",
         scale=config.rendering_scale,
         headless=config.headless,
         record=config.record,
         screenshot=config.screenshot,
     )
     pace = Pace(config.fps)
-    start = time.perf_counter()
+    start, paused, end = time.perf_counter(), 0.0, None
     score, steps = 0.0, 0
     try:
         for episode in range(config.episodes):
@@ -189,8 +203,13 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
             score, steps = 0.0, 0
             actions = AsyncActions(policy)
             while config.max_steps is None or steps < config.max_steps:
-                if screen.closed():
-                    result.stopped_by_user = True
+                for command in screen.commands():
+                    if command == PAUSE:
+                        pause_start = time.perf_counter()
+                        result.stopped_by_user = not screen.wait_while_paused()
+                        paused += time.perf_counter() - pause_start
+                    result.stopped_by_user |= command == QUIT
+                if result.stopped_by_user:
                     break
                 frames = scale_observation(obs)
                 if config.sync:
@@ -204,14 +223,8 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
                 obs, reward, terminated, truncated, _ = env.step(action)
                 score += float(reward)
                 steps += 1
-                latency = policy.latency.last_ms
-                overlay = [
-                    f"score {score:g}   episode {episode + 1}/{config.episodes}",
-                    f"{steps / max(time.perf_counter() - start, 1e-9):.0f} steps/s   "
-                    f"rtt {latency:.1f} ms   {mode.upper()}"
-                    if latency is not None
-                    else f"rtt -   {mode.upper()}",
-                ]
+                rate = (result.steps + steps) / max(time.perf_counter() - start - paused, 1e-9)
+                overlay = overlay_lines(policy, mode, score, f"{episode + 1}/{config.episodes}", rate)
                 warning = "LOCAL FALLBACK" if policy.on_fallback else None
                 screen.draw(env.unwrapped.ale.getScreenRGB(), overlay, warning, steps)
                 pace.wait()
@@ -222,6 +235,10 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
             result.steps += steps
             if result.stopped_by_user:
                 break
+        end = time.perf_counter()
+        if not result.stopped_by_user:
+            scores = ", ".join(f"{e.score:g}" for e in result.episodes)
+            screen.game_over([f"final score {score:g}"] + ([f"episodes: {scores}"] if config.episodes > 1 else []))
     except (InferenceError, KeyboardInterrupt) as e:
         if isinstance(e, InferenceError):
             result.error = str(e)
@@ -231,7 +248,7 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
             result.episodes.append(EpisodeStats(score, steps, score_keeper.score))
             result.steps += steps
     finally:
-        result.seconds = time.perf_counter() - start
+        result.seconds = (end or time.perf_counter()) - start - paused
         result.latency = policy.latency.summary()
         result.fallback_switches = policy.fallback_switches
         screen.finish()

@@ -18,6 +18,7 @@ import numpy as np
 
 from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.game_id import ENV_ID_KEY
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.play_stats import LatencyStats
@@ -98,6 +99,7 @@ class InferenceClient:
         self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self._stub = GRPCInferenceServiceStub(self._channel)
         self.connected = False
+        self.env_id: str | None = None  # the model's game, once connected (None when its config records none)
         if connect:
             try:
                 self.connect()
@@ -149,6 +151,20 @@ class InferenceClient:
         self.input_name = inp.name
         self.output_name = out.name
         self.n_actions = int(out_shape[-1])
+        self.env_id = self._recorded_env_id()
+
+    def _recorded_env_id(self) -> str | None:
+        """The game the model's config records (parameter ``env_id``, written by the converter), or None.
+
+        A KServe server without Triton's ModelConfig call, or a model converted
+        without a known game, records none.
+        """
+        try:
+            config = self._call(self._stub.ModelConfig, pb.ModelConfigRequest(name=self.model, version=self.version))
+        except (InvalidRequest, ServerError):  # UNIMPLEMENTED or refused: not Triton
+            return None
+        parameter = config.config.parameters.get(ENV_ID_KEY)
+        return parameter.string_value if parameter is not None and parameter.string_value else None
 
     # -- requests ----------------------------------------------------------------------
 

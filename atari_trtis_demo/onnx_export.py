@@ -20,8 +20,9 @@ import onnx_chainer
 import onnxruntime as ort
 
 from atari_trtis_demo.agent import batch_q_values, load_q_function
-from atari_trtis_demo.envs import DEFAULT_ENV_ID, FRAME_SIZE, STACK_SIZE, make_env, scale_observation
+from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.game_id import AGENT_STATE_FILE, ENV_ID_KEY, recorded_env_id, resolve_env_id
 from atari_trtis_demo.model_repository import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -47,6 +48,8 @@ class Conversion:
     model_path: str
     config_path: str | None
     max_abs_diff: float
+    env_id: str  # the game whose frames verified the export
+    recorded_env_id: str | None = None  # the game the agent directory records, if any
 
 
 class QValues(chainer.Chain):
@@ -113,6 +116,19 @@ def observation_samples(env_id: str, n: int = 32, seed: int = 0) -> np.ndarray:
     return np.stack(stacks)
 
 
+def check_action_count(model_dir: str, n_actions: int, env_id: str, *, explicit: bool) -> None:
+    """The model must have one Q-value per action of the game it is verified (and served) for."""
+    env = make_env(env_id, train=False)
+    game_actions = int(env.action_space.n)
+    env.close()
+    if game_actions != n_actions:
+        hint = "" if explicit else ": pass --env with the model's game"
+        raise UserError(
+            f"{os.path.join(model_dir, 'model.npz')}: the model has {n_actions} actions but {env_id} has "
+            f"{game_actions}{hint}"
+        )
+
+
 def verify(model_bytes: bytes, q_function: chainer.Link, observations: np.ndarray) -> float:
     """Max abs difference between onnxruntime and Chainer; raises on a mismatch."""
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
@@ -142,32 +158,44 @@ def convert(
     instance_kind: str = "KIND_GPU",
     instance_count: int = 1,
     force: bool = False,
-    env_id: str = DEFAULT_ENV_ID,
+    env_id: str | None = None,
 ) -> Conversion:
     """Export ``model_dir``'s Q-network, verify it, then write ``out`` or a repository version.
 
-    Nothing is written unless the export matches Chainer. ``env_id`` only chooses the
-    game whose frames the verification uses.
+    Nothing is written unless the export matches Chainer. The game is the one the
+    agent directory records (``agent_state.json``), else ``env_id``, else the
+    default; ``env_id`` contradicting the recorded game is an error. The
+    verification plays that game, and the repository's config records it (parameter
+    ``env_id``) when it is known: recorded, or given as ``env_id``.
     """
     if out is None:
         check_model_name(name)  # before any work: the name becomes a directory and a config string
     if not os.path.isdir(model_dir):
         raise UserError(f"--model {model_dir}: directory does not exist")
+    recorded = recorded_env_id(model_dir)
+    game = resolve_env_id(env_id, recorded, os.path.join(model_dir, AGENT_STATE_FILE))
     q_function, n_actions = load_q_function(model_dir)
+    check_action_count(model_dir, n_actions, game, explicit=bool(env_id or recorded))
     config_text = None
     if out is None:
         if not repository:
             raise UserError("give --out FILE or --repository DIR")
+        known = recorded or env_id
         config_text = render_config(
-            name, n_actions, max_batch_size=max_batch_size, instance_kind=instance_kind, instance_count=instance_count
+            name,
+            n_actions,
+            max_batch_size=max_batch_size,
+            instance_kind=instance_kind,
+            instance_count=instance_count,
+            parameters={ENV_ID_KEY: known} if known else None,
         )
     model_bytes = export_onnx(q_function).SerializeToString()
-    max_abs_diff = verify(model_bytes, q_function, observation_samples(env_id))
+    max_abs_diff = verify(model_bytes, q_function, observation_samples(game))
     if out is not None:
         write_file_atomic(out, model_bytes, force=force, flag="--out")
-        return Conversion(n_actions, out, None, max_abs_diff)
+        return Conversion(n_actions, out, None, max_abs_diff, game, recorded)
     assert repository is not None and config_text is not None
     model_path, config_path = write_model_version(
         repository, name, model_bytes, config_text, version=version, force=force
     )
-    return Conversion(n_actions, model_path, config_path, max_abs_diff)
+    return Conversion(n_actions, model_path, config_path, max_abs_diff, game, recorded)

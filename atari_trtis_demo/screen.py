@@ -13,19 +13,21 @@ from atari_trtis_demo.errors import UserError
 
 ATARI_SIZE = (160, 210)  # width, height of the ALE screen
 RECORD_EVERY = 2  # agent steps per recorded GIF frame: keeps files small
+QUIT, PAUSE = "quit", "pause"  # what the player asked for, from :meth:`Screen.commands`
 
 
 class Screen:
     """The pygame window (or, headless, an off-screen surface) with the overlay.
 
-    Headless play draws only when a recording or screenshot needs the pixels.
+    Headless play draws only when a recording or screenshot needs the pixels. In the
+    window, Esc or Q ends play, P or Space pauses and resumes, and closing it ends play.
     """
 
     def __init__(
         self,
         title: str,
         *,
-        scale: int = 3,
+        scale: float = 3.0,
         headless: bool = False,
         record: str | None = None,
         screenshot: str | None = None,
@@ -35,6 +37,7 @@ class Screen:
         self.draws = not headless or bool(record or screenshot)
         self.frames: list[np.ndarray] = []
         self.surface = None
+        self._screenshot_saved = False
         if not self.draws:
             return
         if headless:
@@ -46,19 +49,73 @@ class Screen:
         if not headless:
             pygame.display.init()
         pygame.font.init()
-        size = (ATARI_SIZE[0] * scale, ATARI_SIZE[1] * scale)
+        size = (round(ATARI_SIZE[0] * scale), round(ATARI_SIZE[1] * scale))
         if headless:
             self.surface = pygame.Surface(size)
         else:
             self.surface = pygame.display.set_mode(size)
             pygame.display.set_caption(title)
-        self.font = pygame.font.Font(None, max(16, 8 * scale))
+        self.font = pygame.font.Font(None, max(16, round(8 * scale)))
+        self.big_font = pygame.font.Font(None, max(32, round(20 * scale)))
 
-    def closed(self) -> bool:
-        """Whether the user closed the window (events are pumped here)."""
-        if not self.draws or self.headless:
-            return False
-        return any(event.type == self.pygame.QUIT for event in self.pygame.event.get())
+    @property
+    def interactive(self) -> bool:
+        """A window a person can see and drive (not headless)."""
+        return self.draws and not self.headless
+
+    def commands(self) -> list[str]:
+        """What the player asked for since the last call: QUIT (window closed, Esc, Q) or PAUSE (P, Space)."""
+        if not self.interactive:
+            return []
+        pg, asked = self.pygame, []
+        for event in pg.event.get():
+            if event.type == pg.QUIT or (event.type == pg.KEYDOWN and event.key in (pg.K_ESCAPE, pg.K_q)):
+                asked.append(QUIT)
+            elif event.type == pg.KEYDOWN and event.key in (pg.K_p, pg.K_SPACE):
+                asked.append(PAUSE)
+        return asked
+
+    def wait_while_paused(self) -> bool:
+        """Show PAUSED until P or Space again; False when the player quit meanwhile."""
+        self._banner(["PAUSED", "P or Space: resume   Esc or Q: quit"])
+        while True:
+            for command in self.commands():
+                if command == QUIT:
+                    return False
+                if command == PAUSE:
+                    return True
+            self.pygame.time.wait(20)
+
+    def game_over(self, lines: list[str]) -> None:
+        """Stay on a game-over screen with ``lines`` until a key is pressed or the window is closed."""
+        if not self.interactive:
+            return
+        self.save_screenshot()  # the game as it ended, not the banner
+        self.pygame.event.clear()
+        self._banner(["GAME OVER", *lines, "press a key or close the window"])
+        pg = self.pygame
+        while not any(e.type in (pg.QUIT, pg.KEYDOWN) for e in pg.event.get()):
+            pg.time.wait(20)
+
+    def save_screenshot(self) -> None:
+        """Write ``--screenshot`` once: the last game image."""
+        if self.screenshot and not self._screenshot_saved:
+            self.pygame.image.save(self.surface, self.screenshot)
+            self._screenshot_saved = True
+
+    def _banner(self, lines: list[str]) -> None:
+        """Big centred text over the darkened last frame, shown at once."""
+        pg = self.pygame
+        shade = pg.Surface(self.surface.get_size(), pg.SRCALPHA)
+        shade.fill((0, 0, 0, 160))
+        self.surface.blit(shade, (0, 0))
+        labels = [self.big_font.render(lines[0], True, (255, 255, 255))]
+        labels += [self.font.render(text, True, (255, 255, 255)) for text in lines[1:]]
+        y = (self.surface.get_height() - sum(label.get_height() + 4 for label in labels)) // 2
+        for label in labels:
+            self.surface.blit(label, ((self.surface.get_width() - label.get_width()) // 2, y))
+            y += label.get_height() + 4
+        pg.display.flip()
 
     def draw(self, rgb: np.ndarray, overlay: list[str], warning: str | None, step: int) -> None:
         if not self.draws:
@@ -83,8 +140,7 @@ class Screen:
     def finish(self) -> None:
         if not self.draws:
             return
-        if self.screenshot:
-            self.pygame.image.save(self.surface, self.screenshot)
+        self.save_screenshot()
         if self.record and self.frames:
             # Real time: 60 emulator frames/s are 15 agent steps/s.
             write_recording(self.record, self.frames, fps=15 / RECORD_EVERY)

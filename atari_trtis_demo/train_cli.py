@@ -21,6 +21,7 @@ from typing import Any
 from atari_trtis_demo.cli_args import ArgumentParser, int_in
 from atari_trtis_demo.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.game_id import recorded_env_id
 from atari_trtis_demo.gpu import check_gpu
 
 
@@ -92,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     remove_killed_saves(args.outdir, start.agent_dir)
     outdir = start_run(args, argv)
+    if args.resume:
+        checkpoint_run = os.path.dirname(os.path.normpath(start.agent_dir or ""))
+        print(
+            f"Continuing in a new run directory {outdir}; the checkpoint's run {checkpoint_run} stays as it was",
+            file=sys.stderr,
+        )
     try:
         train(agent, train_env, eval_env, args, outdir, start)
     except KeyboardInterrupt:
@@ -119,6 +126,7 @@ def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]
         replay_start_size=args.replay_start_size,
         replay_capacity=args.replay_capacity,
         final_exploration_steps=args.final_exploration_steps,
+        env_id=args.env,  # recorded in every agent directory it saves
     )
     if args.load:
         load_agent(agent, args.load, env_n_actions=n_actions)
@@ -130,11 +138,20 @@ def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]
         return agent, Start()
     if args.resume:
         resume_dir, step_offset = resolve_resume(args.resume)
+        recorded = recorded_env_id(resume_dir)
+        if recorded and recorded != args.env:
+            raise UserError(
+                f"--resume {resume_dir}: the checkpoint plays {recorded}, not {args.env}: add --env {recorded}"
+            )
         if step_offset >= args.steps:
             raise UserError(f"--resume {resume_dir}: already at step {step_offset:,}, not below --steps {args.steps:,}")
         load_agent(agent, resume_dir, env_n_actions=n_actions)
         previous_rows = previous_score_rows(resume_dir, step_offset)
-        print(f"Resuming from {resume_dir} at step {step_offset:,} (the replay buffer starts empty)", file=sys.stderr)
+        print(
+            f"Resuming from {resume_dir} at step {step_offset:,} (the replay buffer starts empty, "
+            f"and refills for {args.replay_start_size:,} steps before updates continue)",
+            file=sys.stderr,
+        )
         return agent, Start(step_offset, previous_rows, resume_dir)
     return agent, Start()
 

@@ -86,7 +86,9 @@ class ProgressLine:
     """Step hook printing steps, steps/s, ETA, epsilon and scores on one updating line.
 
     On a terminal the line is rewritten in place every ``interval`` seconds; in a log
-    file (no TTY) a new line is written every ``log_interval`` seconds instead.
+    file (no TTY) a new line is written every ``log_interval`` seconds instead. While the
+    replay buffer fills (no updates: several times faster) it says when updates start
+    instead of an ETA, and the fill's rate is dropped once they do.
     """
 
     def __init__(
@@ -106,12 +108,17 @@ class ProgressLine:
         self.interval = interval if self.tty else log_interval
         self.start = self.last_print = time.monotonic()
         self.window: list[tuple[float, int]] = [(self.start, step_offset)]
+        self.filling = False
 
     def __call__(self, env: Any, agent: Any, t: int) -> None:
         now = time.monotonic()
         if now - self.last_print < self.interval and t < self.total_steps:
             return
         self.last_print = now
+        filling = replay_filling(agent) > 0
+        if self.filling and not filling:  # updates have started: forget the fill's fast rate
+            self.window = []
+        self.filling = filling
         self.window.append((now, t))
         # steps/s over the last ~30 s, so the figure follows the phase of training
         # (fast before replay_start_size, slow once updates begin)
@@ -126,7 +133,12 @@ class ProgressLine:
 
     def line(self, t: int, rate: float, agent: Any, env: Any) -> str:
         parts = [f"step {t:,}/{self.total_steps:,} ({100 * t / self.total_steps:.1f}%)", f"{rate:,.1f} steps/s"]
-        parts.append(f"ETA {format_duration((self.total_steps - t) / rate) if rate > 0 else '?'}")
+        fill = replay_filling(agent)
+        if fill:
+            left = f" in {format_duration(fill / rate)}" if rate > 0 else ""
+            parts.append(f"filling the replay buffer, updates start{left} (ETA after they do)")
+        else:
+            parts.append(f"ETA {format_duration((self.total_steps - t) / rate) if rate > 0 else '?'}")
         epsilon = getattr(getattr(agent, "explorer", None), "epsilon", None)
         if epsilon is not None:
             parts.append(f"eps {epsilon:.3f}")
@@ -142,6 +154,16 @@ class ProgressLine:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def replay_filling(agent: Any) -> int:
+    """Transitions still missing before a ChainerRL DQN starts updating (0 once it does, or for other agents)."""
+    updater = getattr(agent, "replay_updater", None)
+    start_size = getattr(updater, "replay_start_size", None)
+    buffer = getattr(agent, "replay_buffer", None)
+    if not isinstance(start_size, int) or buffer is None:
+        return 0
+    return max(0, start_size - len(buffer))
 
 
 def format_duration(seconds: float) -> str:
@@ -193,14 +215,20 @@ def list_checkpoints(run_dir: str) -> list[str]:
 
 
 def resolve_resume(path: str) -> tuple[str, int]:
-    """The agent directory and step to resume from, given an agent or a run directory."""
+    """The agent directory and step to resume from: an agent, or the newest checkpoint of a run
+    or of the newest run (timestamped names sort by time) with one in a folder of runs (``--outdir``)."""
     if not os.path.isdir(path):
         raise UserError(f"--resume {path}: directory does not exist")
     if os.path.isfile(os.path.join(path, AGENT_STATE_FILE)):
         return path, read_agent_step(path)
     checkpoints = list_checkpoints(path)
     if not checkpoints:
-        raise UserError(f"--resume {path}: no checkpoint in it (expected <steps>_checkpoint/ with {AGENT_STATE_FILE})")
+        runs = sorted(e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+        checkpoints = next((found for found in map(list_checkpoints, reversed(runs)) if found), [])
+    if not checkpoints:
+        raise UserError(
+            f"--resume {path}: no checkpoint in it or its runs (expected <steps>_checkpoint/ with {AGENT_STATE_FILE})"
+        )
     return checkpoints[-1], read_agent_step(checkpoints[-1])
 
 

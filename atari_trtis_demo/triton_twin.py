@@ -49,12 +49,11 @@ def twin_config(model: RepositoryModel) -> str:
         # limit no real batch reaches; it enforces the model's own per request, and
         # never runs onnxruntime on more than that at once.
         twin.max_batch_size = TWIN_BATCH_LIMIT
-    onnx_file = model.config.default_model_filename or MODEL_FILENAME
-    return (
-        text_format.MessageToString(twin)
-        + f'parameters: {{ key: "onnx_file" value: {{ string_value: "{onnx_file}" }} }}\n'
-        + f'parameters: {{ key: "max_batch_size" value: {{ string_value: "{model.config.max_batch_size}" }} }}\n'
-    )
+    # The model's own parameters (its game, "env_id") are copied above and reach clients
+    # through Triton's ModelConfig; these two tell the twin what to run.
+    twin.parameters["onnx_file"].string_value = model.config.default_model_filename or MODEL_FILENAME
+    twin.parameters["max_batch_size"].string_value = str(model.config.max_batch_size)
+    return text_format.MessageToString(twin)
 
 
 def prepare_twin_repository(models: list[RepositoryModel], into: Path) -> Path:
