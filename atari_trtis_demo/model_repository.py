@@ -70,12 +70,24 @@ def render_config(
     instance_kind: str = "KIND_GPU",
     instance_count: int = 1,
     parameters: Mapping[str, str] | None = None,
+    backend: str = "onnxruntime",
+    dynamic_batching: bool = True,
+    max_queue_delay_us: int = 100,
 ) -> str:
     """The ``config.pbtxt`` Triton needs to load the exported DQN, with comments for users.
 
     ``parameters`` become the config's string ``parameters`` (facts that travel with the
     model, such as its game); keys and values are letters, digits and ``_ - . /``.
+    ``backend="python"`` describes a Triton python-backend model (``model.py``) with the
+    same tensors instead of the ONNX file; ``dynamic_batching=False`` leaves Triton's
+    request merging out (every request runs alone); ``max_queue_delay_us`` is how long
+    Triton may hold a request to batch it with others.
     """
+    # The config line naming how Triton runs the model, and the file it loads, per backend.
+    backends = {
+        "onnxruntime": ('platform: "onnxruntime_onnx"', MODEL_FILENAME),
+        "python": ('backend: "python"', DEFAULT_FILENAMES["python"]),
+    }
     check_model_name(name)
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind}")
@@ -83,6 +95,10 @@ def render_config(
         raise UserError(f"--max-batch-size must be between 1 and {MAX_BATCH_SIZE_LIMIT}, got {max_batch_size}")
     if not 1 <= instance_count <= INSTANCE_COUNT_LIMIT:
         raise UserError(f"--instance-count must be between 1 and {INSTANCE_COUNT_LIMIT}, got {instance_count}")
+    if backend not in backends:
+        raise UserError(f"backend must be one of {', '.join(backends)}, got {backend}")
+    if max_queue_delay_us < 0:
+        raise UserError(f"max_queue_delay_us must be at least 0, got {max_queue_delay_us}")
     for key, value in (parameters or {}).items():
         if not _PARAMETER_TEXT.fullmatch(key) or not _PARAMETER_TEXT.fullmatch(value):
             raise UserError(f"config parameter {key!r}: {value!r} cannot be written into config.pbtxt")
@@ -90,9 +106,17 @@ def render_config(
         f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
         for key, value in (parameters or {}).items()
     )
+    kind_line, model_filename = backends[backend]
+    batching_lines = (
+        "# Merge requests that arrive together into one batch (raise the delay to batch more\n"
+        "# under load, at the price of latency).\n"
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+        if dynamic_batching
+        else ""
+    )
     return f"""# Triton model configuration written by onnx_converter_src/converter.py.
 name: "{name}"
-platform: "onnxruntime_onnx"
+{kind_line}
 # The largest batch Triton may form from queued requests; the ONNX model itself
 # accepts any batch size. The batch dimension is implicit in the dims below.
 max_batch_size: {max_batch_size}
@@ -112,12 +136,7 @@ output [
     dims: [ {n_actions} ]
   }}
 ]
-# Merge requests that arrive together into one batch (raise the delay to batch more
-# under load, at the price of latency).
-dynamic_batching {{
-  max_queue_delay_microseconds: 100
-}}
-instance_group [
+{batching_lines}instance_group [
   {{
     # KIND_GPU on a GPU server; KIND_CPU where there is none. More instances serve
     # more requests in parallel.
@@ -125,7 +144,7 @@ instance_group [
     kind: {instance_kind}
   }}
 ]
-default_model_filename: "{MODEL_FILENAME}"
+default_model_filename: "{model_filename}"
 {parameter_lines}"""
 
 

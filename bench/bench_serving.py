@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import re
 import shutil
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ import onnxruntime as ort
 import tritonclient.grpc as triton
 
 from atari_trtis_demo.inference_client import InferenceClient
+from atari_trtis_demo.model_repository import render_config
 from atari_trtis_demo.serve import serving
 
 
@@ -45,11 +45,10 @@ def make_repository(root: Path) -> Path:
     agent_dir = root / "agent"
     make_agent(4).save(str(agent_dir))
     repo = root / "trtismodel"
-    convert(str(agent_dir), repository=str(repo), name="batching", instance_kind="KIND_CPU")
+    conversion = convert(str(agent_dir), repository=str(repo), name="batching", instance_kind="KIND_CPU")
     # The same model without dynamic batching: every request runs alone.
     shutil.copytree(repo / "batching", repo / "single")
-    config = (repo / "single" / "config.pbtxt").read_text()
-    config = re.sub(r"dynamic_batching \{[^}]*\}\n", "", config).replace('name: "batching"', 'name: "single"')
+    config = render_config("single", conversion.n_actions, instance_kind="KIND_CPU", dynamic_batching=False)
     (repo / "single" / "config.pbtxt").write_text(config)
     return repo
 

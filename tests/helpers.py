@@ -1,8 +1,24 @@
-"""Small helpers shared by test modules."""
+"""Small helpers shared by test modules: free ports, the project's commands, their one-line errors."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The project's commands, each named once: scripts run by this interpreter, or a module run with -m.
+TRAIN = ROOT / "train_src" / "train_dqn.py"
+CONVERTER = ROOT / "onnx_converter_src" / "converter.py"
+REMOTE = ROOT / "src" / "app.py"
+STANDALONE = ROOT / "standalone_src" / "app.py"
+SERVE = "atari_trtis_demo.serve"
+# The models of the session's ``repository`` (conftest.py) with their action counts: Breakout as 'atari', Pong.
+SERVED = {"atari": 4, "pong": 6}
 
 
 def free_ports(n: int) -> list[int]:
@@ -14,3 +30,89 @@ def free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def command(target: Path | str, *args: str, python_flags: Sequence[str] = ()) -> list[str]:
+    """The argv running ``target`` with this interpreter: a script path, or a module name (``-m``)."""
+    run = [str(target)] if isinstance(target, Path) else ["-m", target]
+    return [sys.executable, *python_flags, *run, *args]
+
+
+def command_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment, headless for pygame (no window opens), plus ``extra``."""
+    return {**os.environ, "SDL_VIDEODRIVER": "dummy", **(extra or {})}
+
+
+def run_command(
+    target: Path | str,
+    *args: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    python_flags: Sequence[str] = (),
+) -> subprocess.CompletedProcess:
+    """Run one of the project's commands to its end, output captured as text."""
+    return subprocess.run(
+        command(target, *args, python_flags=python_flags),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=command_env(env),
+        cwd=cwd,
+    )
+
+
+def start_command(target: Path | str, *args: str, **popen_kwargs) -> subprocess.Popen:
+    """Start one of the project's commands (text pipes as given in ``popen_kwargs``), headless, from ROOT."""
+    return subprocess.Popen(
+        command(target, *args), text=True, env=command_env(), cwd=ROOT, **popen_kwargs
+    )  # fmt: skip
+
+
+def one_error_line(result: subprocess.CompletedProcess, *words: str, code: int = 2, alone: bool = False) -> str:
+    """The command failed with ``code`` and said so in exactly one ``error:`` line holding ``words``; no Traceback.
+
+    ``alone``: that line is all of stderr. Returns the line.
+    """
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr[-3000:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = errors[0]
+    if alone:
+        assert result.stderr.strip().splitlines() == [line] and line.startswith("error: "), result.stderr
+    for word in words:
+        assert word in line, (word, line)
+    return line
+
+
+def run_python_without(
+    code: str, modules: Sequence[str] = ("chainer", "chainerrl"), timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where importing any of ``modules`` fails, as in a client-only install."""
+    blocked = f"import sys\nfor name in {tuple(modules)!r}: sys.modules[name] = None\n"
+    return subprocess.run(
+        [sys.executable, "-c", blocked + code], capture_output=True, text=True, timeout=timeout, env=command_env()
+    )
+
+
+def assert_runs_without_chainer(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``code`` runs to a clean exit with Chainer and ChainerRL unimportable; returns the finished process."""
+    result = run_python_without(code, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file and directory under ``path``, files with their hash: to prove a failed run changed nothing."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(path.rglob("*"))
+    }
+
+
+def serving_on_free_ports(repository: Path, grpc_port: int | None = None):
+    """``serve.serving`` (a context manager) on free ports; ``grpc_port`` fixed when given."""
+    from atari_trtis_demo.serve import serving
+
+    http, grpc_, metrics = free_ports(3)
+    return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+from helpers import CONVERTER, ROOT, one_error_line, run_command, tree_digest
 from tritonclient.grpc import model_config_pb2
 
 from atari_trtis_demo import onnx_export
@@ -20,9 +20,6 @@ from atari_trtis_demo.agent import batch_q_values, make_agent
 from atari_trtis_demo.envs import OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.onnx_export import convert, load_q_function, observation_samples
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "onnx_converter_src" / "converter.py"
 
 
 def train_tiny_agent(env_id: str, path: Path, steps: int = 80) -> Path:
@@ -47,14 +44,6 @@ def breakout_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def pong_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_agent("PongNoFrameskip-v4", tmp_path_factory.mktemp("pong") / "best")
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with its hash: to prove a failed run changed nothing."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-        for p in sorted(path.rglob("*"))
-    }
 
 
 @pytest.mark.parametrize("game", ["breakout", "pong"])
@@ -146,60 +135,75 @@ def test_failed_verification_leaves_the_repository_untouched(
     assert not (tmp_path / "model.onnx").exists()
 
 
-def run_converter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-
-
 def test_cli_out_file_as_in_2019_and_from_inside_its_directory(breakout_agent: Path, tmp_path: Path) -> None:
     out = tmp_path / "onnxmodel" / "model.onnx"
-    result = run_converter("--model", str(breakout_agent), "--out", str(out), "--gpu", "0", cwd=SCRIPT.parent)
+    result = run_command(
+        CONVERTER, "--model", str(breakout_agent), "--out", str(out), "--gpu", "0", cwd=CONVERTER.parent
+    )
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout and f"wrote {out} (4 actions)" in result.stdout
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": np.zeros((3, 4, 84, 84), np.float32)})[0].shape == (3, 4)
-    again = run_converter("--model", str(breakout_agent), "--out", str(out))
+    again = run_command(CONVERTER, "--model", str(breakout_agent), "--out", str(out))
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-@pytest.mark.parametrize("case", ["missing-dir", "missing-npz", "corrupt-npz", "not-nature-dqn", "unwritable"])
+# Bad inputs for the converter: each sets up (agent directory, repository) and returns
+# the --model to give and the words the one error line must hold.
+
+
+def missing_dir(model_dir: Path, repo: Path, agent: Path) -> tuple[Path, list[str]]:
+    return model_dir, [str(model_dir), "does not exist"]
+
+
+def missing_npz(model_dir: Path, repo: Path, agent: Path) -> tuple[Path, list[str]]:
+    model_dir.mkdir()
+    return model_dir, [str(model_dir / "model.npz"), "file not found"]
+
+
+def corrupt_npz(model_dir: Path, repo: Path, agent: Path) -> tuple[Path, list[str]]:
+    model_dir.mkdir()
+    (model_dir / "model.npz").write_bytes(b"\x00" * 100)
+    return model_dir, [str(model_dir / "model.npz"), "corrupt"]
+
+
+def not_nature_dqn(model_dir: Path, repo: Path, agent: Path) -> tuple[Path, list[str]]:
+    model_dir.mkdir()
+    np.savez(model_dir / "model.npz", **{"0/0/W": np.zeros((16, 4, 8, 8), np.float32)})
+    return model_dir, [str(model_dir / "model.npz"), "not a Nature DQN", "0/0/W"]
+
+
+def unwritable_repository(model_dir: Path, repo: Path, agent: Path) -> tuple[Path, list[str]]:
+    locked = repo / "atari"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: use a file where a directory must go
+        locked.chmod(0o700)
+        locked.rmdir()
+        locked.write_text("not a directory")
+    return agent, ["--repository", "cannot write"]
+
+
+@pytest.mark.parametrize(
+    "bad_input",
+    [
+        pytest.param(missing_dir, id="missing-dir"),
+        pytest.param(missing_npz, id="missing-npz"),
+        pytest.param(corrupt_npz, id="corrupt-npz"),
+        pytest.param(not_nature_dqn, id="not-nature-dqn"),
+        pytest.param(unwritable_repository, id="unwritable"),
+    ],
+)
 def test_bad_input_is_one_line_and_leaves_the_repository_untouched(
-    case: str, breakout_agent: Path, tmp_path: Path
+    bad_input, breakout_agent: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "keep.txt").write_text("a file the user had")
-    model_dir = tmp_path / "agent"
-    args = ["--repository", str(repo)]
-    if case == "missing-dir":
-        expect = [str(model_dir), "does not exist"]
-    elif case == "missing-npz":
-        model_dir.mkdir()
-        expect = [str(model_dir / "model.npz"), "file not found"]
-    elif case == "corrupt-npz":
-        model_dir.mkdir()
-        (model_dir / "model.npz").write_bytes(b"\x00" * 100)
-        expect = [str(model_dir / "model.npz"), "corrupt"]
-    elif case == "not-nature-dqn":
-        model_dir.mkdir()
-        np.savez(model_dir / "model.npz", **{"0/0/W": np.zeros((16, 4, 8, 8), np.float32)})
-        expect = [str(model_dir / "model.npz"), "not a Nature DQN", "0/0/W"]
-    else:
-        model_dir = breakout_agent
-        locked = repo / "atari"
-        locked.mkdir()
-        locked.chmod(0o500)
-        if os.access(locked, os.W_OK):  # root ignores permissions: use a file where a directory must go
-            locked.chmod(0o700)
-            locked.rmdir()
-            locked.write_text("not a directory")
-        expect = ["--repository", "cannot write"]
+    model_dir, expect = bad_input(tmp_path / "agent", repo, breakout_agent)
     before = tree_digest(repo)
-    result = run_converter("--model", str(model_dir), *args)
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    for word in expect:
-        assert word in errors[0]
+    result = run_command(CONVERTER, "--model", str(model_dir), "--repository", str(repo))
+    one_error_line(result, *expect)
     assert tree_digest(repo) == before
 
 
@@ -239,11 +243,11 @@ def test_bad_model_name_is_one_line_and_writes_nothing(name: str, breakout_agent
     (repo / "keep.txt").write_text("a file the user had")
     before = tree_digest(tmp_path)
     # Relative to the repository as the user would type it, from inside the tmp dir.
-    result = run_converter("--model", str(breakout_agent), "--repository", "work/repo", "--name", name, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr + result.stdout
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--name" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr and "usage:" not in result.stderr, result.stderr
+    result = run_command(
+        CONVERTER, "--model", str(breakout_agent), "--repository", "work/repo", "--name", name, cwd=tmp_path
+    )
+    one_error_line(result, "--name")
+    assert "usage:" not in result.stderr, result.stderr
     assert tree_digest(tmp_path) == before, "nothing written inside or outside the repository"
 
 
@@ -279,17 +283,15 @@ def test_numeric_flag_out_of_range_is_one_line_before_any_work(flag: str, value:
     # The agent directory does not exist: a range check that ran after conversion began
     # would report --model instead of the flag.
     args = ["--model", str(tmp_path / "agent"), "--repository", str(tmp_path / "repo"), f"{flag}={value}"]
-    result = run_converter(*args)
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and flag in errors[0] and value in errors[0], result.stderr
-    assert "usage:" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    result = run_command(CONVERTER, *args)
+    one_error_line(result, flag, value)
+    assert "usage:" not in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_numeric_flags_at_their_bounds_are_accepted(tmp_path: Path) -> None:
     bounds = ["--version", "1", "--max-batch-size", "4096", "--instance-count", "64", "--gpu", "-1"]
-    result = run_converter("--model", str(tmp_path / "agent"), "--repository", str(tmp_path / "repo"), *bounds)
+    result = run_command(CONVERTER, "--model", str(tmp_path / "agent"), "--repository", str(tmp_path / "repo"), *bounds)
     assert result.returncode == 2 and "error: --model" in result.stderr, result.stderr  # past the parser
 
 
@@ -304,9 +306,7 @@ def test_console_scripts_are_installed_and_errors_are_one_line(tmp_path: Path) -
         [str(bindir / "atari-convert"), "--model", str(tmp_path / "agent"), "--max-batch-size", "0"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "--max-batch-size" in lines[0], result.stderr
+    one_error_line(result, "--max-batch-size", alone=True)
     missing = subprocess.run(
         [str(bindir / "atari-convert"), "--model", str(tmp_path / "agent")], capture_output=True, text=True, timeout=120
     )
@@ -327,3 +327,20 @@ def test_atomic_file_write_keeps_the_old_file_when_writing_fails(tmp_path: Path)
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["config.pbtxt"]
     atomic.write_bytes(str(target), b"new")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["config.pbtxt"]
+
+
+def test_config_options_for_a_python_model_and_for_no_batching() -> None:
+    """What tests and benchmarks need besides the converter's config: a python model, no dynamic batching."""
+    from atari_trtis_demo.model_repository import render_config
+
+    def parse(text: str) -> model_config_pb2.ModelConfig:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+    python = parse(render_config("slow", 4, backend="python", instance_kind="KIND_CPU", max_queue_delay_us=250))
+    assert python.backend == "python" and python.platform == "" and python.default_model_filename == "model.py"
+    assert python.dynamic_batching.max_queue_delay_microseconds == 250
+    single = parse(render_config("single", 6, dynamic_batching=False))
+    assert single.platform == "onnxruntime_onnx" and single.default_model_filename == "model.onnx"
+    assert not single.HasField("dynamic_batching") and list(single.output[0].dims) == [6]
+    with pytest.raises(UserError, match="backend"):
+        render_config("atari", 4, backend="tensorflow")

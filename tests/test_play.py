@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,84 +13,31 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
-from helpers import free_ports
+from helpers import (
+    REMOTE,
+    STANDALONE,
+    assert_runs_without_chainer,
+    free_ports,
+    one_error_line,
+    run_command,
+    run_python_without,
+    start_command,
+)
 
-from atari_trtis_demo.agent import make_agent
 from atari_trtis_demo.game import PlayConfig, play
 from atari_trtis_demo.inference_client import ServerUnavailable
 from atari_trtis_demo.onnx_export import convert
 from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serve import serving
 
-ROOT = Path(__file__).resolve().parents[1]
-REMOTE = ROOT / "src" / "app.py"
-STANDALONE = ROOT / "standalone_src" / "app.py"
+# In-process play (window tests) draws on pygame's headless driver; the commands run with it too.
 os.environ["SDL_VIDEODRIVER"] = "dummy"
-
-SLOW_MODEL = '''
-import os
-import sys
-import time
-
-# As serve's twins do: this environment's numpy (<2) first; the stub is built for numpy 1.
-sys.path.insert(0, os.environ["ATARI_TRTIS_SITE_PACKAGES"])
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-
-
-class TritonPythonModel:
-    """Answers fixed Q-values after 50 ms per request: a deliberately slow server."""
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            frames = pb_utils.get_input_tensor_by_name(request, "input").as_numpy()
-            time.sleep(0.05)
-            q = np.tile(np.array([0.1, 0.4, 0.3, 0.2], np.float32), (frames.shape[0], 1))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("action", q)]))
-        return responses
-'''
-
-
-@pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("agents")
-    dirs = {"breakout": root / "breakout", "pong": root / "pong"}
-    make_agent(4).save(str(dirs["breakout"]))
-    make_agent(6).save(str(dirs["pong"]))
-    return dirs
-
-
-@pytest.fixture(scope="module")
-def server(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """Triton with 'atari' (Breakout), 'pong', and 'slow' (sleeps 50 ms per request)."""
-    repo = tmp_path_factory.mktemp("repo") / "trtismodel"
-    convert(str(agents["breakout"]), repository=str(repo), name="atari")
-    convert(str(agents["pong"]), repository=str(repo), name="pong", env_id="PongNoFrameskip-v4")
-    slow = repo / "slow"
-    (slow / "1").mkdir(parents=True)
-    (slow / "1" / "model.py").write_text(SLOW_MODEL)
-    config = (repo / "atari" / "config.pbtxt").read_text().replace('name: "atari"', 'name: "slow"')
-    config = config.replace('platform: "onnxruntime_onnx"', 'backend: "python"').replace("KIND_GPU", "KIND_CPU")
-    (slow / "config.pbtxt").write_text(config.replace('default_model_filename: "model.onnx"', ""))
-    http, grpc_port, metrics = free_ports(3)
-    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as running:
-        yield running
-
-
-def run_app(script: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "SDL_VIDEODRIVER": "dummy"},
-    )
+# 'agents', 'repository' and 'server' (one Triton serving 'atari', 'pong' and 'slow') are conftest.py's.
 
 
 def test_standalone_app_plays_and_reports(agents: dict[str, Path], tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    result = run_app(
+    result = run_command(
         STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", "--fps", "0", "--sync", "--max-steps", "300",
         "--episodes", "2", "--json", str(stats), "--epsilon", "1.0", "--seed", "3",
     )  # fmt: skip
@@ -115,7 +61,7 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
     env_id, model = {"breakout": ("BreakoutNoFrameskip-v4", "atari"), "pong": ("PongNoFrameskip-v4", "pong")}[game]
     stats = tmp_path / "stats.json"
     flags = [mode] if mode == "--sync" else []
-    result = run_app(
+    result = run_command(
         REMOTE, "--host", "127.0.0.1", "--port", str(server.grpc_port), "--model", model, "--env", env_id,
         "--headless", "--fps", "0", "--max-steps", "300", "--json", str(stats), "--epsilon", "0.3", *flags,
     )  # fmt: skip
@@ -154,6 +100,13 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
     config = PlayConfig(sync=True, max_steps=40, rendering_scale=2, screenshot=str(shot), fps=0)
     from atari_trtis_demo.screen import Screen
 
+    def leave_the_game_over_screen() -> None:
+        while policy.latency.summary()["count"] < 40:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_a, mod=0, unicode="", scancode=0))
+
+    threading.Thread(target=leave_the_game_over_screen, daemon=True).start()
     frames = []
     real_draw = Screen.draw
 
@@ -190,18 +143,11 @@ def test_gif_recording(agents: dict[str, Path], tmp_path: Path) -> None:
     assert len(frames) == 10 and frames[0].shape[:2] == (210, 160)
 
 
-def start_game(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REMOTE), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "SDL_VIDEODRIVER": "dummy"},
-    )  # fmt: skip
-
-
 class Game:
     """``src/app.py`` running headless, its console lines collected as they come."""
 
     def __init__(self, args: list[str]) -> None:
-        self.proc = start_game(args)
+        self.proc = start_command(REMOTE, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self._reader.start()
@@ -253,11 +199,13 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
         assert "Traceback" not in err and "InvalidStateError" not in err, err
         assert figures["error"] is None and figures["stopped_by_user"]
     else:
-        assert game.proc.returncode == 1
-        errors = [line for line in err.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and f"127.0.0.1:{grpc_port}" in errors[0] and "Traceback" not in err
+        line = one_error_line(
+            subprocess.CompletedProcess(game.proc.args, game.proc.returncode, out, err),
+            f"127.0.0.1:{grpc_port}",
+            code=1,
+        )
         # A server shutting down unloads its models first (NOT_FOUND): not the player's fault.
-        assert "refused" not in errors[0], errors[0]
+        assert "refused" not in line, line
         assert "requests" in out and len(figures["episodes"]) < 1000, "the statistics so far are printed"
 
 
@@ -299,38 +247,32 @@ def test_fallback_returns_to_the_primary_when_it_answers_again(agents: dict[str,
 
 def test_server_unreachable_or_wrong_game_is_one_line(server) -> None:
     (port,) = free_ports(1)
-    down = run_app(REMOTE, "--host", "127.0.0.1", "--port", str(port), "--headless", "--timeout", "2")
+    down = run_command(REMOTE, "--host", "127.0.0.1", "--port", str(port), "--headless", "--timeout", "2")
     assert down.returncode == 2 and down.stderr.strip().startswith("error: cannot connect to 127.0.0.1:")
-    wrong = run_app(REMOTE, "--port", str(server.grpc_port), "--host", "127.0.0.1", "--env", "PongNoFrameskip-v4")
-    assert wrong.returncode == 2
-    errors = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "has 4 actions but PongNoFrameskip-v4 has 6" in errors[0]
-    assert "Traceback" not in wrong.stderr
+    wrong = run_command(REMOTE, "--port", str(server.grpc_port), "--host", "127.0.0.1", "--env", "PongNoFrameskip-v4")
+    one_error_line(wrong, "has 4 actions but PongNoFrameskip-v4 has 6")
 
 
 def test_standalone_refuses_a_model_of_another_game(agents: dict[str, Path]) -> None:
-    result = run_app(STANDALONE, "--modelpath", str(agents["pong"]), "--headless")
+    result = run_command(STANDALONE, "--modelpath", str(agents["pong"]), "--headless")
     assert result.returncode == 2 and "has 6 actions but BreakoutNoFrameskip-v4 has 4" in result.stderr
 
 
 def test_remote_player_does_not_need_chainer(server) -> None:
-    code = (
-        "import sys; sys.modules['chainer'] = None; sys.modules['chainerrl'] = None\n"
+    """Not only imported: the remote player plays 20 steps against the server without Chainer."""
+    result = assert_runs_without_chainer(
         f"sys.argv = ['app.py', '--host', '127.0.0.1', '--port', '{server.grpc_port}', '--headless',"
         " '--max-steps', '20', '--fps', '0']\n"
         "from atari_trtis_demo.play_cli import remote_main\n"
         "raise SystemExit(remote_main())"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
     assert "20 agent steps" in result.stdout
 
 
 def test_ctrl_c_ends_play_cleanly(agents: dict[str, Path]) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(STANDALONE), "--modelpath", str(agents["breakout"]), "--headless",
-         "--max-steps", "1000000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = start_command(
+        STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", "--max-steps", "1000000",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     timer = threading.Timer(8, lambda: proc.send_signal(2))
     timer.start()
@@ -364,12 +306,6 @@ def test_fallback_with_no_server_at_start_plays_locally_then_moves_to_the_server
     assert figures["fallback_switches"] == 1 and figures["error"] is None
 
 
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "flags, words",
     [
@@ -380,7 +316,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
         pytest.param(["--max-steps", "-3"], ["--max-steps", "at least 1"], id="max-steps-negative"),
         pytest.param(["--epsilon", "1.5"], ["--epsilon", "between 0 and 1"], id="epsilon-above-1"),
         pytest.param(["--seed", "-1"], ["--seed", "between 0 and 2147483647"], id="seed-negative"),
-        pytest.param(["--rendering_scale", "0"], ["--rendering_scale", "between 1 and 16"], id="scale-zero"),
+        pytest.param(["--rendering_scale", "0"], ["--rendering_scale", "between 0.5 and 16"], id="scale-zero"),
         pytest.param(["--fps", "nan"], ["--fps"], id="fps-nan"),
     ],
 )
@@ -389,38 +325,42 @@ def test_a_bad_number_is_one_line_before_any_work(flags: list[str], words: list[
     for script, target in ((REMOTE, ["--host", "127.0.0.1", "--port", str(port)]), (STANDALONE, ["--modelpath", "x"])):
         if script == STANDALONE and flags[0] in ("--timeout", "--port"):
             continue
-        line = one_error_line(run_app(script, *target, "--headless", *flags, timeout=60))
-        for word in words:
-            assert word in line, (script.name, line)
+        one_error_line(run_command(script, *target, "--headless", *flags, timeout=60), *words, alone=True)
 
 
 @pytest.mark.parametrize("flag", ["--json", "--screenshot", "--record"])
 def test_an_output_file_in_a_missing_folder_is_refused_before_playing(flag: str, agents: dict[str, Path]) -> None:
     target = "/nonexistent-folder/out." + {"--json": "json", "--screenshot": "png", "--record": "gif"}[flag]
     started = time.monotonic()
-    result = run_app(STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", flag, target)
-    line = one_error_line(result)
-    assert flag in line and "/nonexistent-folder does not exist" in line, line
+    result = run_command(STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", flag, target)
+    one_error_line(result, flag, "/nonexistent-folder does not exist", alone=True)
     assert "episode" not in result.stdout and time.monotonic() - started < 30, "refused before playing"
 
 
-@pytest.mark.parametrize("app", ["standalone", "remote with fallback"])
-def test_local_inference_in_a_client_only_install_is_one_line(app: str, agents: dict[str, Path]) -> None:
+def standalone_argv(agent: Path) -> list[str]:
+    return ["--modelpath", str(agent)]
+
+
+def remote_with_fallback_argv(agent: Path) -> list[str]:
+    return ["--host", "127.0.0.1", "--port", str(free_ports(1)[0]), "--fallback-modelpath", str(agent)]
+
+
+@pytest.mark.parametrize(
+    "main, argv, flag",
+    [
+        pytest.param("standalone_main", standalone_argv, "--modelpath", id="standalone"),
+        pytest.param("remote_main", remote_with_fallback_argv, "--fallback-modelpath", id="remote with fallback"),
+    ],
+)
+def test_local_inference_in_a_client_only_install_is_one_line(
+    main: str, argv, flag: str, agents: dict[str, Path]
+) -> None:
     """After ./setup.sh --client there is no gym, Chainer or ChainerRL: say what to install."""
-    argv = (
-        ["--modelpath", str(agents["breakout"])]
-        if app == "standalone"
-        else ["--host", "127.0.0.1", "--port", str(free_ports(1)[0]), "--fallback-modelpath", str(agents["breakout"])]
-    )
-    main = "standalone_main" if app == "standalone" else "remote_main"
     code = (
-        "import sys\n"
-        "for name in ('gym', 'chainer', 'chainerrl'): sys.modules[name] = None\n"
         f"from atari_trtis_demo.play_cli import {main}\n"
         "from atari_trtis_demo.cli_args import run_cli\n"
-        f"run_cli(lambda: {main}({argv + ['--headless']!r}))"
+        f"run_cli(lambda: {main}({argv(agents['breakout']) + ['--headless']!r}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    line = one_error_line(result)
-    flag = "--modelpath" if app == "standalone" else "--fallback-modelpath"
-    assert line.startswith(f"error: {flag} ") and "./setup.sh" in line and "Traceback" not in result.stderr, line
+    result = run_python_without(code, modules=("gym", "chainer", "chainerrl"))
+    line = one_error_line(result, "./setup.sh", alone=True)
+    assert line.startswith(f"error: {flag} "), line

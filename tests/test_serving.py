@@ -6,7 +6,6 @@ import concurrent.futures
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,10 +15,19 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
-from helpers import free_ports
+from helpers import (
+    ROOT,
+    SERVE,
+    SERVED,
+    assert_runs_without_chainer,
+    free_ports,
+    one_error_line,
+    run_command,
+    serving_on_free_ports,
+    start_command,
+)
 from tritonclient.utils import InferenceServerException
 
-from atari_trtis_demo.agent import make_agent
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.inference_client import (
     InferenceClient,
@@ -31,34 +39,7 @@ from atari_trtis_demo.inference_client import (
 )
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.onnx_export import convert
-from atari_trtis_demo.serve import processes_using, read_repository, serving
-
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"atari": 4, "pong": 6}  # Breakout and Pong action counts
-
-
-@pytest.fixture(scope="module")
-def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository converted from fresh agents: Breakout as 'atari', Pong as 'pong'."""
-    root = tmp_path_factory.mktemp("serving")
-    for name, n_actions in MODELS.items():
-        agent_dir = root / f"agent_{name}"
-        make_agent(n_actions).save(str(agent_dir))
-        env_id = "PongNoFrameskip-v4" if name == "pong" else "BreakoutNoFrameskip-v4"
-        convert(str(agent_dir), repository=str(root / "trtismodel"), name=name, max_batch_size=8, env_id=env_id)
-    return root / "trtismodel"
-
-
-def start(repository: Path, grpc_port: int | None = None):
-    http, grpc_, metrics = free_ports(3)
-    return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics)
-
-
-@pytest.fixture(scope="module")
-def server(repository: Path):
-    with start(repository) as running:
-        yield running
+from atari_trtis_demo.serve import processes_using, read_repository
 
 
 def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
@@ -80,13 +61,13 @@ def test_committed_stubs_match_the_protos(tmp_path: Path) -> None:
         assert built == (ROOT / "atari_trtis_demo" / "kserve" / name).read_bytes(), f"{name} is stale: regenerate"
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(SERVED))
 def test_official_client_sees_the_model_and_gets_onnxruntime_answers(server, repository: Path, name: str) -> None:
     client = triton.InferenceServerClient(server.grpc_target)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
     meta = client.get_model_metadata(name)
     assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [("input", "FP32", [-1, 4, 84, 84])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("action", "FP32", [-1, MODELS[name]])]
+    assert [(t.name, t.datatype, list(t.shape)) for t in meta.outputs] == [("action", "FP32", [-1, SERVED[name]])]
     config = client.get_model_config(name).config
     assert config.HasField("dynamic_batching")
     # The python-backend twin keeps the model's limit as a parameter (see triton_twin.twin_config).
@@ -100,55 +81,64 @@ def test_official_client_sees_the_model_and_gets_onnxruntime_answers(server, rep
     client.close()
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(SERVED))
 def test_project_client_checks_the_model_and_gets_onnxruntime_answers(server, repository: Path, name: str) -> None:
     with InferenceClient("127.0.0.1", server.grpc_port, name) as client:
-        assert client.n_actions == MODELS[name] and client.batched
+        assert client.n_actions == SERVED[name] and client.batched
         frames = frames_batch(7, seed=11)
         expected = local_q_values(repository, name, frames)
         np.testing.assert_allclose(client.infer(frames), expected, rtol=0, atol=1e-6)
         single = client.infer(frames[0])
-        assert single.shape == (MODELS[name],)
+        assert single.shape == (SERVED[name],)
         np.testing.assert_allclose(single, expected[0], rtol=0, atol=1e-6)
         np.testing.assert_allclose(client.infer_async(frames[3]).result(timeout=10), expected[3], rtol=0, atol=1e-6)
         stats = client.stats.summary()
         assert stats["count"] == 3 and 0 < stats["median_ms"] <= stats["p99_ms"]
 
 
-def _alter(request, case: str) -> None:
-    tensor = request.inputs[0]
-    if case == "input name":
-        tensor.name = "frames"
-    elif case == "shape":
-        del tensor.shape[:]
-        tensor.shape.extend([1, 4, 84, 83])
-    elif case == "data type":
-        tensor.datatype = "FP16"
-    elif case == "byte count":
-        request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
-    elif case == "unknown model":
-        request.model_name = "no_such_model"
+def rename_input(request: pb.ModelInferRequest) -> None:
+    request.inputs[0].name = "frames"
+
+
+def narrow_the_frames(request: pb.ModelInferRequest) -> None:
+    del request.inputs[0].shape[:]
+    request.inputs[0].shape.extend([1, 4, 84, 83])
+
+
+def declare_fp16(request: pb.ModelInferRequest) -> None:
+    request.inputs[0].datatype = "FP16"
+
+
+def drop_four_bytes(request: pb.ModelInferRequest) -> None:
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-4]
+
+
+def ask_an_unknown_model(request: pb.ModelInferRequest) -> None:
+    request.model_name = "no_such_model"
+
+
+def unchanged(request: pb.ModelInferRequest) -> None:
+    pass
 
 
 @pytest.mark.parametrize(
-    "case, status, error",
+    "batch, alter, status, error",
     [
-        ("input name", "INVALID_ARGUMENT", InvalidRequest),
-        ("shape", "INVALID_ARGUMENT", InvalidRequest),
-        ("data type", "INVALID_ARGUMENT", InvalidRequest),
-        ("byte count", "INVALID_ARGUMENT", InvalidRequest),
-        ("batch over max", "INVALID_ARGUMENT", InvalidRequest),
+        pytest.param(1, rename_input, "INVALID_ARGUMENT", InvalidRequest, id="input name"),
+        pytest.param(1, narrow_the_frames, "INVALID_ARGUMENT", InvalidRequest, id="shape"),
+        pytest.param(1, declare_fp16, "INVALID_ARGUMENT", InvalidRequest, id="data type"),
+        pytest.param(1, drop_four_bytes, "INVALID_ARGUMENT", InvalidRequest, id="byte count"),
+        pytest.param(9, unchanged, "INVALID_ARGUMENT", InvalidRequest, id="batch over max"),
         # To a client, a model it checked and now NOT_FOUND is going away (a server shutting down).
-        ("unknown model", "NOT_FOUND", ServerGoingAway),
+        pytest.param(1, ask_an_unknown_model, "NOT_FOUND", ServerGoingAway, id="unknown model"),
     ],
 )
 def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(
-    server, case: str, status: str, error: type
+    server, batch: int, alter, status: str, error: type
 ) -> None:
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
-        frames = frames_batch(9 if case == "batch over max" else 1)
-        request = client.build_request(frames)
-        _alter(request, case)
+        request = client.build_request(frames_batch(batch))
+        alter(request)
         with pytest.raises(error) as err:
             client.model_infer(request)
         message = str(err.value)
@@ -291,12 +281,12 @@ def test_client_reports_a_down_server_within_its_deadline() -> None:
 def test_client_survives_a_server_restart(repository: Path) -> None:
     (grpc_port,) = free_ports(1)
     frames = frames_batch(1)
-    with start(repository, grpc_port) as first:
+    with serving_on_free_ports(repository, grpc_port) as first:
         client = InferenceClient("127.0.0.1", first.grpc_port, "atari", timeout=2.0)
         expected = client.infer(frames)
     with pytest.raises((ServerUnavailable, RequestTimeout)):
         client.infer(frames)
-    with start(repository, grpc_port):
+    with serving_on_free_ports(repository, grpc_port):
         deadline = time.monotonic() + 15
         while True:  # the channel reconnects by itself; no new client is made
             try:
@@ -310,10 +300,10 @@ def test_client_survives_a_server_restart(repository: Path) -> None:
 
 def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
     http, grpc_port, metrics = free_ports(3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "atari_trtis_demo.serve", "--model-repository", str(repository),
-         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = start_command(
+        SERVE, "--model-repository", str(repository),
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     lines = []
     for line in proc.stdout:
@@ -333,57 +323,52 @@ def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
     assert not Path(workdir).exists(), "temporary files removed"
 
 
-@pytest.mark.parametrize("case", ["missing model file", "malformed config", "no model"])
-def test_bad_repository_fails_at_once_naming_the_file(case: str, repository: Path, tmp_path: Path) -> None:
+def no_model(repo: Path, served: Path) -> str:
+    return "no model in it"
+
+
+def config_without_model_file(repo: Path, served: Path) -> str:
+    (repo / "atari").mkdir()
+    (repo / "atari" / "config.pbtxt").write_text((served / "atari" / "config.pbtxt").read_text())
+    return str(repo / "atari" / "1" / "model.onnx")
+
+
+def malformed_config(repo: Path, served: Path) -> str:
+    (repo / "atari" / "1").mkdir(parents=True)
+    (repo / "atari" / "1" / "model.onnx").write_bytes(b"")
+    config = (served / "atari" / "config.pbtxt").read_text()
+    (repo / "atari" / "config.pbtxt").write_text(config.replace("max_batch_size: 8", "max_batch_size: eight"))
+    return str(repo / "atari" / "config.pbtxt")
+
+
+@pytest.mark.parametrize(
+    "make_repo, also_run_serve",
+    [
+        pytest.param(config_without_model_file, False, id="missing model file"),
+        pytest.param(malformed_config, True, id="malformed config"),
+        pytest.param(no_model, False, id="no model"),
+    ],
+)
+def test_bad_repository_fails_at_once_naming_the_file(
+    make_repo, also_run_serve: bool, repository: Path, tmp_path: Path
+) -> None:
+    """``make_repo`` fills an empty repository from the served one and returns what the error must name."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    if case != "no model":
-        (repo / "atari").mkdir()
-        config = (repository / "atari" / "config.pbtxt").read_text()
-        if case == "malformed config":
-            (repo / "atari" / "1").mkdir()
-            (repo / "atari" / "1" / "model.onnx").write_bytes(b"")
-            config = config.replace("max_batch_size: 8", "max_batch_size: eight")
-        (repo / "atari" / "config.pbtxt").write_text(config)
-    expect = {
-        "missing model file": str(repo / "atari" / "1" / "model.onnx"),
-        "malformed config": str(repo / "atari" / "config.pbtxt"),
-        "no model": "no model in it",
-    }[case]
+    expect = make_repo(repo, repository)
     with pytest.raises(UserError) as err:
         read_repository(repo)
     assert expect in str(err.value) and "\n" not in str(err.value)
-    if case == "malformed config":
-        result = subprocess.run(
-            [sys.executable, "-m", "atari_trtis_demo.serve", "--model-repository", str(repo)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert result.returncode == 2
-        assert result.stderr.strip().splitlines() == [f"error: {err.value}"]
+    if also_run_serve:
+        result = run_command(SERVE, "--model-repository", str(repo), timeout=60)
+        assert one_error_line(result, alone=True) == f"error: {err.value}"
 
 
 def test_client_module_does_not_import_chainer() -> None:
-    code = (
-        "import sys; sys.modules['chainer'] = None; sys.modules['chainerrl'] = None\n"
-        "import atari_trtis_demo.inference_client, atari_trtis_demo.serve\n"
-        "print('ok')"
+    result = assert_runs_without_chainer(
+        "import atari_trtis_demo.inference_client, atari_trtis_demo.serve\nprint('ok')", timeout=60
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-
-
-def run_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "atari_trtis_demo.serve", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
+    assert result.stdout.strip() == "ok", result.stderr
 
 
 @pytest.mark.parametrize(
@@ -400,18 +385,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
     ],
 )
 def test_serve_flags_out_of_range_are_one_line(flags: list[str], words: list[str], repository: Path) -> None:
-    assert_one_line_error(run_serve("--model-repository", str(repository), *flags), *words)
+    one_error_line(run_command(SERVE, "--model-repository", str(repository), *flags, timeout=60), *words, alone=True)
 
 
 def test_serve_refuses_a_port_another_server_holds_and_that_server_keeps_serving(server, repository: Path) -> None:
     """A leftover Triton (or NVIDIA's container) on the gRPC port: no 'ready' for a server serve did not start."""
     http, metrics = free_ports(2)
-    result = run_serve(
-        "--model-repository", str(repository),
-        "--grpc-port", str(server.grpc_port), "--http-port", str(http), "--metrics-port", str(metrics),
+    result = run_command(
+        SERVE, "--model-repository", str(repository),
+        "--grpc-port", str(server.grpc_port), "--http-port", str(http), "--metrics-port", str(metrics), timeout=60,
     )  # fmt: skip
     assert "ready" not in result.stdout
-    assert_one_line_error(result, f"--grpc-port {server.grpc_port}: port {server.grpc_port} is in use")
+    one_error_line(result, f"--grpc-port {server.grpc_port}: port {server.grpc_port} is in use", alone=True)
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
         assert client.infer(frames_batch(1)).shape == (1, 4)
 
@@ -456,10 +441,10 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
 
 def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repository: Path) -> None:
     http, grpc_port, metrics = free_ports(3)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "atari_trtis_demo.serve", "--model-repository", str(repository),
-         "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = start_command(
+        SERVE, "--model-repository", str(repository),
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     for line in proc.stdout:
         if line.startswith("Triton log:"):
@@ -476,7 +461,7 @@ def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repos
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", grpc_port))
     assert Path(workdir).is_dir(), "a killed serve cannot clean up itself"
-    result = run_serve("--model-repository", str(repository), "--grpc-port", "70000")
+    result = run_command(SERVE, "--model-repository", str(repository), "--grpc-port", "70000", timeout=60)
     assert result.returncode == 2 and Path(workdir).is_dir(), "a bad flag stops before touching anything"
-    with start(repository):
+    with serving_on_free_ports(repository):
         assert not Path(workdir).exists(), "the next start removed what the killed one left"

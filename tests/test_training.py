@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,37 +16,17 @@ import chainer
 import numpy as np
 import pytest
 from chainerrl import agents, explorers, replay_buffer
+from helpers import TRAIN, one_error_line, run_command, start_command, tree_digest
 
 from atari_trtis_demo.agent import load_agent, make_agent, make_q_function, read_agent_step
 from atari_trtis_demo.envs import make_env
 from atari_trtis_demo.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "train_src" / "train_dqn.py"
 # A run short enough for a test: 300 agent steps, updates from step 200, two evaluations.
 SHORT_RUN = [
     "--gpu", "-1", "--steps", "300", "--replay-start-size", "200", "--eval-interval", "150",
     "--eval-n-steps", "100", "--n-best-episodes", "1", "--checkpoint-freq", "100",
 ]  # fmt: skip
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """Every file under ``path`` with its hash: to prove a directory was left as it was."""
-    return {
-        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
-
-
-def run_script(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def only_run_dir(outdir: Path) -> Path:
@@ -63,7 +42,7 @@ def params_of(agent: agents.DQN) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outdir = tmp_path_factory.mktemp("results")
-    result = run_script(*SHORT_RUN, "--outdir", str(outdir))
+    result = run_command(TRAIN, *SHORT_RUN, "--outdir", str(outdir), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return only_run_dir(outdir)
 
@@ -112,8 +91,8 @@ def test_saved_agent_loads_back_and_acts(trained_run: Path) -> None:
 
 
 def test_resume_continues_the_step_count_and_the_scores(trained_run: Path, tmp_path: Path) -> None:
-    result = run_script(
-        *SHORT_RUN, "--steps", "500", "--outdir", str(tmp_path), "--resume", str(trained_run)
+    result = run_command(
+        TRAIN, *SHORT_RUN, "--steps", "500", "--outdir", str(tmp_path), "--resume", str(trained_run), timeout=600
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "at step 300" in result.stderr
@@ -193,10 +172,9 @@ def test_killed_save_leaves_a_loadable_agent(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--gpu", "-1", "--steps", "100000", "--replay-start-size", "50",
-         "--outdir", str(tmp_path)],
-        stderr=subprocess.PIPE, text=True,
+    proc = start_command(
+        TRAIN, "--gpu", "-1", "--steps", "100000", "--replay-start-size", "50", "--outdir", str(tmp_path),
+        stderr=subprocess.PIPE,
     )  # fmt: skip
     for line in proc.stderr:
         if line.startswith("Output files are saved in"):
@@ -218,46 +196,59 @@ def _write_agent(path: Path, n_actions: int) -> Path:
     return path
 
 
+# Bad inputs for train_dqn.py: each prepares what it needs under tmp_path and returns the
+# command line (given a short CPU run writing to tmp_path/out) and the words of its one error line.
+
+
+def unknown_env(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    return [*run, "--env", "Breakout-v9"], ["Breakout-v9", "did you mean", "Breakout-v5"]
+
+
+def missing_load(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    return [*run, "--load", str(tmp_path / "nope")], [str(tmp_path / "nope"), "does not exist"]
+
+
+def corrupt_model(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    agent_dir = _write_agent(tmp_path / "agent", 4)
+    (agent_dir / "model.npz").write_bytes(b"not a zip at all")
+    return [*run, "--load", str(agent_dir)], [str(agent_dir / "model.npz"), "corrupt"]
+
+
+def wrong_action_count(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    agent_dir = _write_agent(tmp_path / "pong_agent", 6)
+    return [*run, "--load", str(agent_dir)], [str(agent_dir / "model.npz"), "6 actions", "4"]
+
+
+def not_nature_dqn(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    (tmp_path / "other").mkdir()
+    np.savez(tmp_path / "other" / "model.npz", **{"0/W": np.zeros((3, 3))})
+    return [*run, "--load", str(tmp_path / "other")], ["not a Nature DQN", "model.npz"]
+
+
+def gpu_without_cuda(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    return ["--gpu", "0", "--steps", "10"], ["--gpu 0", "CUDA is not available", "--gpu -1"]
+
+
+def resume_empty(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
+    (tmp_path / "empty_run").mkdir()
+    return [*run, "--resume", str(tmp_path / "empty_run")], ["--resume", "no checkpoint"]
+
+
 @pytest.mark.parametrize(
-    "case",
-    ["unknown-env", "missing-load", "corrupt-model", "wrong-action-count", "not-nature-dqn", "gpu", "resume-empty"],
+    "bad_input",
+    [
+        pytest.param(unknown_env, id="unknown-env"),
+        pytest.param(missing_load, id="missing-load"),
+        pytest.param(corrupt_model, id="corrupt-model"),
+        pytest.param(wrong_action_count, id="wrong-action-count"),
+        pytest.param(not_nature_dqn, id="not-nature-dqn"),
+        pytest.param(gpu_without_cuda, id="gpu"),
+        pytest.param(resume_empty, id="resume-empty"),
+    ],
 )
-def test_bad_input_is_one_clear_line(case: str, tmp_path: Path) -> None:
-    args = ["--gpu", "-1", "--steps", "10", "--outdir", str(tmp_path / "out")]
-    expect = []
-    if case == "unknown-env":
-        args += ["--env", "Breakout-v9"]
-        expect = ["Breakout-v9", "did you mean", "Breakout-v5"]
-    elif case == "missing-load":
-        args += ["--load", str(tmp_path / "nope")]
-        expect = [str(tmp_path / "nope"), "does not exist"]
-    elif case == "corrupt-model":
-        agent_dir = _write_agent(tmp_path / "agent", 4)
-        (agent_dir / "model.npz").write_bytes(b"not a zip at all")
-        args += ["--load", str(agent_dir)]
-        expect = [str(agent_dir / "model.npz"), "corrupt"]
-    elif case == "wrong-action-count":
-        agent_dir = _write_agent(tmp_path / "pong_agent", 6)
-        args += ["--load", str(agent_dir)]
-        expect = [str(agent_dir / "model.npz"), "6 actions", "4"]
-    elif case == "not-nature-dqn":
-        (tmp_path / "other").mkdir()
-        np.savez(tmp_path / "other" / "model.npz", **{"0/W": np.zeros((3, 3))})
-        args += ["--load", str(tmp_path / "other")]
-        expect = ["not a Nature DQN", "model.npz"]
-    elif case == "gpu":
-        args = ["--gpu", "0", "--steps", "10"]
-        expect = ["--gpu 0", "CUDA is not available", "--gpu -1"]
-    elif case == "resume-empty":
-        (tmp_path / "empty_run").mkdir()
-        args += ["--resume", str(tmp_path / "empty_run")]
-        expect = ["--resume", "no checkpoint"]
-    result = run_script(*args, timeout=180)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for word in expect:
-        assert word in lines[0]
+def test_bad_input_is_one_clear_line(bad_input, tmp_path: Path) -> None:
+    args, expect = bad_input(tmp_path, ["--gpu", "-1", "--steps", "10", "--outdir", str(tmp_path / "out")])
+    one_error_line(run_command(TRAIN, *args, timeout=180), *expect)
     assert not (tmp_path / "out").exists(), "a refused run writes nothing"
 
 
@@ -285,14 +276,9 @@ def test_out_of_range_number_is_one_line_before_chainer_is_imported(flag: str, v
     # A run that would finish at once if the flag were wrongly accepted.
     args = ["--gpu", "-1", "--steps", "10", "--replay-start-size", "32", "--eval-interval", "10", "--eval-n-steps", "5",
             "--n-best-episodes", "1", "--checkpoint-freq", "0", "--outdir", str(out), f"{flag}={value}"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", str(SCRIPT), *args], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and flag in errors[0] and value in errors[0], lines
-    assert "usage:" not in result.stderr and "Traceback" not in result.stderr, lines
+    result = run_command(TRAIN, *args, timeout=300, python_flags=["-X", "importtime"])
+    one_error_line(result, flag, value)
+    assert "usage:" not in result.stderr, result.stderr[-3000:]
     imported = {
         line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")
     }
@@ -325,7 +311,9 @@ def test_resume_removes_unfinished_saves_of_a_killed_run(trained_run: Path, tmp_
     only_copy = run / "100_checkpoint.old-87654321"
     shutil.copytree(run / "200_checkpoint", only_copy)
 
-    result = run_script(*SHORT_RUN, "--steps", "320", "--outdir", str(tmp_path / "out"), "--resume", str(run))
+    result = run_command(
+        TRAIN, *SHORT_RUN, "--steps", "320", "--outdir", str(tmp_path / "out"), "--resume", str(run), timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     removed = [line for line in result.stderr.splitlines() if line.startswith("removed ")]
     assert removed == [f"removed 2 unfinished saves (4 MB) left by a killed run in {run}"], result.stderr[-3000:]
@@ -349,11 +337,11 @@ def test_load_pretrained_uses_chainerrl_model_zoo_layout(tmp_path: Path) -> None
             archive.write(agent_dir / name, f"best/{name}")
     env = {"ATARI_DEMO_MODEL_ZOO_URL": f"file://{tmp_path / 'zoo'}/", "CHAINER_DATASET_ROOT": str(tmp_path / "cache")}
     common = ["--gpu", "-1", "--load-pretrained", "--demo", "--eval-n-steps", "60"]
-    result = run_script(*common, env=env, timeout=300)
+    result = run_command(TRAIN, *common, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "n_episodes:" in result.stdout
     assert (tmp_path / "cache" / "pfnet" / "chainerrl" / "models" / "DQN" / "Breakout" / "best" / "model.npz").exists()
-    missing = run_script(*common, "--pretrained-type", "final", env=env, timeout=300)
+    missing = run_command(TRAIN, *common, "--pretrained-type", "final", env=env, timeout=300)
     assert missing.returncode == 2
     assert "error: --load-pretrained: cannot download" in missing.stderr and "final.zip" in missing.stderr
 

@@ -1,0 +1,71 @@
+"""Fixtures shared by the test modules: fresh agents, one model repository and one Triton serving it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import serving_on_free_ports
+
+SLOW_MODEL = '''
+import os
+import sys
+import time
+
+# As serve's twins do: this environment's numpy (<2) first; the stub is built for numpy 1.
+sys.path.insert(0, os.environ["ATARI_TRTIS_SITE_PACKAGES"])
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    """Answers fixed Q-values after 50 ms per request: a deliberately slow server."""
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            frames = pb_utils.get_input_tensor_by_name(request, "input").as_numpy()
+            time.sleep(0.05)
+            q = np.tile(np.array([0.1, 0.4, 0.3, 0.2], np.float32), (frames.shape[0], 1))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("action", q)]))
+        return responses
+'''
+
+
+@pytest.fixture(scope="session")
+def agents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fresh (untrained) agent directories: 'breakout' (4 actions) and 'pong' (6)."""
+    from atari_trtis_demo.agent import make_agent
+
+    root = tmp_path_factory.mktemp("agents")
+    dirs = {"breakout": root / "breakout", "pong": root / "pong"}
+    make_agent(4).save(str(dirs["breakout"]))
+    make_agent(6).save(str(dirs["pong"]))
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def repository(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """'atari' (Breakout) and 'pong' converted from ``agents`` with max_batch_size 8, and 'slow'.
+
+    'slow' is a python-backend model answering fixed Q-values 50 ms after each request.
+    'atari' records no game (converted without env_id), 'pong' records PongNoFrameskip-v4.
+    """
+    from atari_trtis_demo.model_repository import render_config
+    from atari_trtis_demo.onnx_export import convert
+
+    repo = tmp_path_factory.mktemp("serving") / "trtismodel"
+    convert(str(agents["breakout"]), repository=str(repo), name="atari", max_batch_size=8)
+    convert(str(agents["pong"]), repository=str(repo), name="pong", max_batch_size=8, env_id="PongNoFrameskip-v4")
+    slow = repo / "slow"
+    (slow / "1").mkdir(parents=True)
+    (slow / "1" / "model.py").write_text(SLOW_MODEL)
+    (slow / "config.pbtxt").write_text(render_config("slow", 4, backend="python", instance_kind="KIND_CPU"))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path):
+    """One Triton for the whole session serving ``repository`` on free ports."""
+    with serving_on_free_ports(repository) as running:
+        yield running
