@@ -108,8 +108,16 @@ def render_config(
     )
     kind_line, model_filename = backends[backend]
     batching_lines = (
-        "# Merge requests that arrive together into one batch (raise the delay to batch more\n"
-        "# under load, at the price of latency).\n"
+        "# Dynamic batching: Triton merges requests of different players that wait in its\n"
+        "# queue into one execution of up to max_batch_size. max_queue_delay_microseconds is\n"
+        "# how long a request may wait for others; a lone player pays it on every request.\n"
+        "# For many players raise it: real-time players (15 requests/s each) and the server\n"
+        "# on 2 CPU cores, 100 us formed batches of about 2.5 and held 64 players, not 80;\n"
+        "# 3000 us formed batches of about 14, held 80 (p99 38 ms) with a quarter less\n"
+        "# server CPU, but a lone player's round trip went from 0.9 to 4.3 ms\n"
+        "# (bench/bench_games.py, docs/benchmarks.md).\n"
+        "# preferred_batch_size is left unset: a batch goes when the delay ends or\n"
+        "# max_batch_size requests wait; list sizes (e.g. [ 8, 16 ]) to send those sooner.\n"
         f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         if dynamic_batching
         else ""
@@ -138,8 +146,10 @@ output [
 ]
 {batching_lines}instance_group [
   {{
-    # KIND_GPU on a GPU server; KIND_CPU where there is none. More instances serve
-    # more requests in parallel.
+    # KIND_GPU on a GPU server; KIND_CPU where there is none. More instances run
+    # batches in parallel, which pays only with spare cores or GPUs: on 2 CPU cores
+    # shared with the players, 2 instances (3000 us delay) missed real time at 32
+    # players where 1 held 64 in the same run: smaller batches, the same cores.
     count: {instance_count}
     kind: {instance_kind}
   }}

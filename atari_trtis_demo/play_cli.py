@@ -8,17 +8,21 @@ The remote path imports no Chainer.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from atari_trtis_demo.cli_args import ArgumentParser, float_in, int_in, output_file, port
-from atari_trtis_demo.envs import DEFAULT_ENV_ID
+from atari_trtis_demo.envs import DEFAULT_ENV_ID, check_env_id
 
 
 def add_play_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rendering_scale", type=int_in(1, 16), default=3, help="window size as a multiple of 160x210")
-    p.add_argument("--sync", action="store_true", help="wait for each action (default: asynchronous inference)")
-    p.add_argument("--env", default=DEFAULT_ENV_ID, help="the game (must match the model's actions)")
+    p.add_argument(
+        "--rendering_scale", type=float_in(0.5, 16), default=3.0, help="window size as a multiple of 160x210 (1.5...)"
+    )
+    p.add_argument(
+        "--env", default=None, help=f"the game (default: the model's own, else {DEFAULT_ENV_ID} if it records none)"
+    )
     p.add_argument("--episodes", type=int_in(1), default=1)
     p.add_argument("--max-steps", type=int_in(1), default=None, help="cap on agent steps per episode")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests, benchmarks)")
@@ -71,20 +75,30 @@ def finish(result, json_path: str | None) -> int:  # result: PlayResult
 
 def remote_main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(description="Play an Atari game; every action comes from a Triton server over gRPC.")
+    p.add_argument("--sync", action="store_true", help="wait for each action (default: asynchronous inference)")
     p.add_argument("--host", default="localhost", help="the inference server")
     p.add_argument("--port", type=port, default=8001, help="its gRPC port")
     p.add_argument("--model", default="atari", help="model name in the server's repository")
     p.add_argument("--timeout", type=float_in(0, 600, low_open=True), default=5.0, help="per-request deadline, s")
     p.add_argument("--fallback-modelpath", default=None, help="agent directory to play locally while the server fails")
+    p.add_argument(
+        "--games", type=int_in(1, 1024), default=1, help="play N games at once, a grid in the window (many_games.py)"
+    )
     add_play_flags(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    config = play_config(args)
+    if args.games > 1 and args.fallback_modelpath:
+        p.error("--games: more than one game plays without --fallback-modelpath")
+    if args.env:
+        check_env_id(args.env)  # a typo is refused before connecting
+    config = play_config(args)  # env_id: set below, once the model's own game is known
     from atari_trtis_demo.game import play
+    from atari_trtis_demo.game_id import remote_game
     from atari_trtis_demo.inference_client import InferenceClient, InferenceError
-    from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, RemotePolicy
+    from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
 
     if not args.fallback_modelpath:
-        policy = RemotePolicy(InferenceClient(args.host, args.port, args.model, timeout=args.timeout))
+        client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout)
+        policy: Policy = RemotePolicy(client)
     else:
         # The local agent first: a broken --fallback-modelpath is an error even while the server answers.
         local = LocalChainerPolicy(args.fallback_modelpath, flag="--fallback-modelpath")
@@ -96,6 +110,12 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
             down = e
         policy = FallbackPolicy(RemotePolicy(client), local, primary_down=down)
     try:
+        where = f"the config of model '{args.model}' on {client.address}"
+        config.env_id = remote_game(args.env, client.env_id, where, args.fallback_modelpath)
+        if args.games > 1:
+            from atari_trtis_demo.many_games import remote_games_main
+
+            return remote_games_main(client, config, args.games, args.json)
         return finish(play(policy, config), args.json)
     finally:
         policy.close()
@@ -103,15 +123,26 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
 
 def standalone_main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(description="Play an Atari game with the agent run locally by Chainer (no server).")
+    # No network to hide here: each action waits for its (3 ms) forward pass unless --async.
+    inference = p.add_mutually_exclusive_group()
+    inference.add_argument("--sync", action="store_true", default=True, help="wait for each action (the default)")
+    inference.add_argument(
+        "--async", dest="sync", action="store_false", help="run inference beside the game loop, as src/app.py does"
+    )
     p.add_argument("--modelpath", required=True, help="ChainerRL agent directory (e.g. results/<run>/best)")
     add_play_flags(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    config = play_config(args)
+    if args.env:
+        check_env_id(args.env)
+    config = play_config(args)  # env_id: set below, once the model's own game is known
     from atari_trtis_demo.game import play
+    from atari_trtis_demo.game_id import AGENT_STATE_FILE, choose_game, recorded_env_id
     from atari_trtis_demo.policies import LocalChainerPolicy
 
     policy = LocalChainerPolicy(args.modelpath)
     try:
+        where = os.path.join(args.modelpath, AGENT_STATE_FILE)
+        config.env_id = choose_game(args.env, recorded_env_id(args.modelpath), where)
         return finish(play(policy, config), args.json)
     finally:
         policy.close()

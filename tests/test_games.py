@@ -1,0 +1,169 @@
+"""Many games through one server (``src/app.py --games N``): real ALE games, a real Triton, real pygame surfaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pygame
+import pytest
+from helpers import REMOTE, free_ports, one_error_line, run_command
+
+from atari_trtis_demo.game import PlayConfig
+from atari_trtis_demo.grid_screen import MIN_WIDTH, GridScreen
+from atari_trtis_demo.inference_client import InferenceClient
+from atari_trtis_demo.many_games import evaluation_summary, play_games
+from atari_trtis_demo.onnx_export import convert
+from atari_trtis_demo.serve import serving
+from atari_trtis_demo.triton_stats import delta, metrics_url, read_metrics, wait_for_metrics
+
+os.environ["SDL_VIDEODRIVER"] = "dummy"
+ENV_ID = "BreakoutNoFrameskip-v4"
+# The keys a one-game --json has: the aggregate of many games keeps them all.
+PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
+             "staleness_steps", "fallback_switches", "error", "stopped_by_user"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def games_server(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A Triton of its own serving the Breakout agent as 'atari', with the converter's defaults (batching on)."""
+    repo = tmp_path_factory.mktemp("games") / "trtismodel"
+    convert(str(agents["breakout"]), repository=str(repo), name="atari", instance_kind="KIND_CPU")
+    http, grpc_port, metrics = free_ports(3)
+    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
+        wait_for_metrics(metrics_url(server.address, server.metrics_port))
+        yield server
+
+
+def counters(server) -> dict[str, float]:
+    return read_metrics(metrics_url(server.address, server.metrics_port), "atari")
+
+
+def play_command(server, *flags: str):
+    return run_command(REMOTE, "--host", "127.0.0.1", "--port", str(server.grpc_port), "--headless", *flags)
+
+
+def test_n_games_send_one_request_per_game_and_step(games_server, tmp_path: Path) -> None:
+    stats = tmp_path / "games.json"
+    before = counters(games_server)
+    result = play_command(
+        games_server, "--games", "6", "--sync", "--fps", "0", "--max-steps", "40", "--json", str(stats)
+    )
+    assert result.returncode == 0, result.stderr
+    served = delta(before, counters(games_server))
+    figures = json.loads(stats.read_text())
+    assert PLAY_KEYS <= set(figures) and figures["mode"] == "sync"
+    games = figures["games"]
+    assert [g["game"] for g in games] == list(range(6)) and len({g["seed"] for g in games}) == 6, "seeded apart"
+    for game in games:
+        (episode,) = game["episodes"]
+        assert 0 < episode["steps"] <= 40 and episode["score"] == episode["ale_score"] == game["score"]
+        assert game["requests"] == game["steps"] == episode["steps"] == game["latency_ms"]["count"]
+    assert figures["steps"] == sum(g["steps"] for g in games) == figures["requests"] == figures["latency_ms"]["count"]
+    # Every game's every step is one request on the server: the client does not batch.
+    assert served["nv_inference_request_success"] == figures["steps"]
+    assert served["nv_inference_count"] == figures["steps"], "one frame stack per request"
+    # Triton's dynamic batcher merged some of the six players' requests.
+    assert served["nv_inference_exec_count"] < figures["steps"], served
+    assert "game 6: scores" in result.stdout and "n_episodes: 6 mean:" in result.stdout
+
+
+def test_async_games_keep_at_most_one_request_in_flight_each(games_server) -> None:
+    before = counters(games_server)
+    with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
+        outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=60), 3)
+        time.sleep(0.5)  # the requests in flight when the games ended are answered too
+    a = outcome.aggregate
+    assert a.error is None and a.mode == "async" and 0 < a.steps <= 3 * 60
+    for game in outcome.games:
+        figures = game.to_json()
+        answered = figures["latency_ms"]["count"]
+        assert 1 <= figures["requests"] <= figures["steps"]
+        assert figures["requests"] - 1 <= answered <= figures["requests"], "one request in flight at most"
+        assert figures["staleness_steps"]["max"] >= 1
+    assert delta(before, counters(games_server))["nv_inference_request_success"] == a.requests
+
+
+def test_paced_games_each_keep_real_time(games_server) -> None:
+    with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
+        outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, sync=True, max_steps=30), 4)
+    for game in outcome.games:
+        rate = game.to_json()["steps_per_second"]
+        assert 13.5 <= rate <= 16.5, rate  # 30 steps at 15/s: the first step starts the clock
+
+
+def test_evaluation_summary_as_chainerrl_prints_it(games_server, tmp_path: Path) -> None:
+    stats = tmp_path / "eval.json"
+    result = play_command(
+        games_server, "--games", "4", "--episodes", "2", "--fps", "0", "--max-steps", "50", "--json", str(stats)
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(stats.read_text())
+    scores = [e["score"] for g in figures["games"] for e in g["episodes"]]
+    assert len(scores) == 8 and all(e["steps"] <= 50 for g in figures["games"] for e in g["episodes"])
+    assert figures["evaluation"] == {
+        "episodes": 8,
+        "mean": statistics.mean(scores),
+        "median": statistics.median(scores),
+        "stdev": statistics.stdev(scores),
+        "max": max(scores),
+        "min": min(scores),
+    }
+    assert f"n_episodes: 8 mean: {statistics.mean(scores):g} median: {statistics.median(scores):g}" in result.stdout
+    assert evaluation_summary([3.0])["stdev"] == 0.0 and evaluation_summary([]) == {}
+
+
+def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) -> None:
+    shot = tmp_path / "grid.png"
+    shown: list[list[np.ndarray]] = []
+    real_draw = GridScreen.draw_grid
+
+    def draw_grid(self, screens, *args):
+        shown.append([s.copy() for s in screens])
+        real_draw(self, screens, *args)
+
+    def leave_the_game_over_screen() -> None:  # the screenshot is saved as the game-over screen opens
+        deadline = time.monotonic() + 60
+        while not shot.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_a, mod=0, unicode="", scancode=0))
+
+    threading.Thread(target=leave_the_game_over_screen, daemon=True).start()
+    GridScreen.draw_grid = draw_grid
+    try:
+        with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
+            config = PlayConfig(env_id=ENV_ID, sync=True, fps=0, max_steps=25, rendering_scale=1, screenshot=str(shot))
+            outcome = play_games(client, config, 4)
+    finally:
+        GridScreen.draw_grid = real_draw
+    assert outcome.aggregate.steps == 100 and not outcome.aggregate.stopped_by_user
+    image = pygame.surfarray.array3d(pygame.image.load(str(shot))).swapaxes(0, 1)
+    layout = GridScreen("test", 4, scale=1, headless=True, screenshot="unused.png")  # the same layout, not drawn on
+    assert layout.cells == [(0, 0), (160, 0), (0, 210), (160, 210)], "2x2 cells of 160x210"
+    assert image.shape[:2] == (2 * 210 + layout.bar_height, max(2 * 160, MIN_WIDTH)), "and the overlay bar below"
+    for (x, y), last in zip(layout.cells, shown[-1], strict=True):
+        below_label = slice(y + layout.label_height, y + 210)
+        # Each cell is its own game's last screen (the label covers the cell's top lines).
+        assert np.array_equal(image[below_label, x : x + 160], last[layout.label_height :])
+        assert last.std() > 10, "a game is drawn, not a blank cell"
+    assert image[2 * 210 :].max() > 200, "the overlay bar has text"
+    pygame.quit()
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        pytest.param(["--games", "0"], ["--games", "between 1 and 1024"], id="zero"),
+        pytest.param(["--games", "2", "--fallback-modelpath", "x"], ["--games", "--fallback-modelpath"], id="fallback"),
+    ],
+)
+def test_bad_games_flags_are_one_line(flags: list[str], words: list[str]) -> None:
+    (port,) = free_ports(1)
+    result = run_command(REMOTE, "--host", "127.0.0.1", "--port", str(port), "--headless", *flags, timeout=60)
+    one_error_line(result, *words, alone=True)
