@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int_in(1, MAX_BATCH_SIZE_LIMIT), default=32)
     p.add_argument("--instance-kind", default="KIND_GPU", choices=INSTANCE_KINDS)
     p.add_argument("--instance-count", type=int_in(1, INSTANCE_COUNT_LIMIT), default=1)
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int_in(0, 1_000_000),
+        default=100,
+        help="how long Triton may hold a request to batch it with other players' (3000 for many players: "
+        "see docs/benchmarks.md)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing version or --out file")
     p.add_argument(
         "--env",
@@ -94,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch_size=args.max_batch_size,
         instance_kind=args.instance_kind,
         instance_count=args.instance_count,
+        max_queue_delay_us=args.max_queue_delay_us,
         force=args.force,
         env_id=args.env,
     )

@@ -157,6 +157,7 @@ def convert(
     max_batch_size: int = 32,
     instance_kind: str = "KIND_GPU",
     instance_count: int = 1,
+    max_queue_delay_us: int = 100,
     force: bool = False,
     env_id: str | None = None,
 ) -> Conversion:
@@ -187,6 +188,7 @@ def convert(
             max_batch_size=max_batch_size,
             instance_kind=instance_kind,
             instance_count=instance_count,
+            max_queue_delay_us=max_queue_delay_us,
             parameters={ENV_ID_KEY: known} if known else None,
         )
     model_bytes = export_onnx(q_function).SerializeToString()

@@ -344,3 +344,15 @@ def test_config_options_for_a_python_model_and_for_no_batching() -> None:
     assert not single.HasField("dynamic_batching") and list(single.output[0].dims) == [6]
     with pytest.raises(UserError, match="backend"):
         render_config("atari", 4, backend="tensorflow")
+
+
+def test_queue_delay_for_many_players_reaches_the_config(breakout_agent: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "trtismodel"
+    result = run_command(CONVERTER, "--model", str(breakout_agent), "--repository", str(repo),
+                         "--max-queue-delay-us", "3000")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = text_format.Parse((repo / "atari" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.dynamic_batching.max_queue_delay_microseconds == 3000
+    refused = run_command(CONVERTER, "--model", str(breakout_agent), "--repository", str(repo),
+                          "--max-queue-delay-us", "-1")  # fmt: skip
+    assert "--max-queue-delay-us" in one_error_line(refused)
