@@ -55,6 +55,7 @@ sys.exit(remote_main(sys.argv[2:]))
 # Model name -> render_config options: the converter's defaults first.
 VARIANTS = {
     "delay100": {"max_queue_delay_us": 100},
+    "delay0": {"max_queue_delay_us": 0},
     "delay1000": {"max_queue_delay_us": 1000},
     "delay3000": {"max_queue_delay_us": 3000},
     "delay3000x2": {"max_queue_delay_us": 3000, "instance_count": 2},

@@ -1,11 +1,13 @@
-"""Headless play speed: random actions (the ceiling), standalone, remote sync, remote async.
+"""Headless play speed: random actions (the ceiling), in-process onnxruntime, standalone, remote sync and async.
 
     .venv/bin/python bench/bench_play.py [--model DIR] [--steps 1000] [--rounds 3]
 
-All four play the same game (Breakout, seeded) for ``--steps`` agent steps per round,
+All play the same game (Breakout, seeded) for ``--steps`` agent steps per round,
 alternating within each round; remote play goes through a real tritonserver on
 127.0.0.1 started here with the model converted from ``--model`` (default: a fresh
-Nature DQN; speed does not depend on the weights).
+Nature DQN; speed does not depend on the weights). Play is unpaced (``--fps 0``).
+"In-process onnxruntime" runs the very ``model.onnx`` the server serves, in this
+process: the reference for what the round trip to Triton costs.
 """
 
 from __future__ import annotations
@@ -40,24 +42,49 @@ class RandomPolicy(Policy):
         return self.rng.random(self.n_actions)
 
 
+class OnnxRuntimePolicy(Policy):
+    """The served model.onnx, run by onnxruntime in this process: no server, no network."""
+
+    name = "in-process onnxruntime"
+
+    def __init__(self, model_path: Path) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        self.n_actions, self.latency = 4, LatencyStats()
+
+    def q_values(self, frames: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": frames[None]})[0][0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="ChainerRL agent directory (default: a fresh Breakout DQN)")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=18301, help="gRPC port (HTTP and metrics use the next two)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=100, help="the served config's batching delay")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or str(Path(tmp) / "agent")
         if not args.model:
             make_agent(4).save(model_dir)
-        convert(model_dir, repository=str(Path(tmp) / "trtismodel"), instance_kind="KIND_CPU")
+        convert(
+            model_dir,
+            repository=str(Path(tmp) / "trtismodel"),
+            instance_kind="KIND_CPU",
+            max_queue_delay_us=args.max_queue_delay_us,
+        )
         with serving(
             Path(tmp) / "trtismodel", grpc_port=args.port, http_port=args.port + 1, metrics_port=args.port + 2
         ):
             client = InferenceClient("127.0.0.1", args.port, "atari")
             sides = {
                 "random actions (ceiling)": (RandomPolicy(4), True),
+                "in-process onnxruntime, sync": (
+                    OnnxRuntimePolicy(Path(tmp) / "trtismodel" / "atari" / "1" / "model.onnx"),
+                    True,
+                ),
                 "standalone (Chainer), sync": (LocalChainerPolicy(model_dir), True),
                 "remote sync (Triton)": (RemotePolicy(client), True),
                 "remote async (Triton)": (RemotePolicy(client), False),
@@ -82,9 +109,13 @@ def main() -> None:
             client.close()
     print(f"{args.steps} agent steps per side and round, {args.rounds} rounds, sides alternating; medians:")
     standalone = statistics.median(rates["standalone (Chainer), sync"])
+    in_process = statistics.median(rates["in-process onnxruntime, sync"])
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"  {name:28s} {median:8.1f} steps/s  ({median / standalone:5.2f}x standalone)")
+        print(
+            f"  {name:30s} {median:8.1f} steps/s  ({median / standalone:5.2f}x standalone, "
+            f"{median / in_process:5.2f}x in-process onnxruntime)"
+        )
     s = np.array(staleness)
     print(
         f"  async staleness (agent steps): mean {s.mean():.2f}, p50 {np.percentile(s, 50):g}, "
