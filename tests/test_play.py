@@ -79,6 +79,20 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
     assert f"127.0.0.1:{server.grpc_port}" in result.stdout
 
 
+def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(server) -> None:
+    """At 15 agent steps/s a loopback round trip fits inside one step: staleness p50 at most 1."""
+    from atari_trtis_demo.inference_client import InferenceClient
+
+    with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
+        started = time.perf_counter()
+        result = play(RemotePolicy(client), PlayConfig(sync=False, headless=True, max_steps=45, epsilon=0))
+        wall = time.perf_counter() - started
+    assert result.error is None and result.steps == 45
+    assert 12 <= result.steps_per_second <= 16 and wall >= 2.8, "paced at 15 steps/s by default, headless too"
+    summary = result.to_json()["staleness_steps"]
+    assert summary["p50"] <= 1, summary
+
+
 def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
     from atari_trtis_demo.inference_client import InferenceClient
 
