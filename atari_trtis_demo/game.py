@@ -22,7 +22,7 @@ from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.inference_client import InferenceError
 from atari_trtis_demo.play_stats import staleness_buckets, staleness_summary
 from atari_trtis_demo.policies import Policy
-from atari_trtis_demo.screen import PAUSE, QUIT, Screen, check_record_path
+from atari_trtis_demo.screen import Screen, check_record_path
 
 # The Atari's own pace: 60 frames/s, and one agent step is 4 frames (action repeat).
 REAL_TIME_FPS = 15.0
@@ -195,7 +195,7 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
         screenshot=config.screenshot,
     )
     pace = Pace(config.fps)
-    start, paused, end = time.perf_counter(), 0.0, None
+    start, end = time.perf_counter(), None
     score, steps = 0.0, 0
     try:
         for episode in range(config.episodes):
@@ -203,13 +203,8 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
             score, steps = 0.0, 0
             actions = AsyncActions(policy)
             while config.max_steps is None or steps < config.max_steps:
-                for command in screen.commands():
-                    if command == PAUSE:
-                        pause_start = time.perf_counter()
-                        result.stopped_by_user = not screen.wait_while_paused()
-                        paused += time.perf_counter() - pause_start
-                    result.stopped_by_user |= command == QUIT
-                if result.stopped_by_user:
+                if screen.player_quit():
+                    result.stopped_by_user = True
                     break
                 frames = scale_observation(obs)
                 if config.sync:
@@ -223,7 +218,7 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
                 obs, reward, terminated, truncated, _ = env.step(action)
                 score += float(reward)
                 steps += 1
-                rate = (result.steps + steps) / max(time.perf_counter() - start - paused, 1e-9)
+                rate = (result.steps + steps) / max(time.perf_counter() - start - screen.paused_seconds, 1e-9)
                 overlay = overlay_lines(policy, mode, score, f"{episode + 1}/{config.episodes}", rate)
                 warning = "LOCAL FALLBACK" if policy.on_fallback else None
                 screen.draw(env.unwrapped.ale.getScreenRGB(), overlay, warning, steps)
@@ -248,7 +243,7 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
             result.episodes.append(EpisodeStats(score, steps, score_keeper.score))
             result.steps += steps
     finally:
-        result.seconds = (end or time.perf_counter()) - start - paused
+        result.seconds = (end or time.perf_counter()) - start - screen.paused_seconds
         result.latency = policy.latency.summary()
         result.fallback_switches = policy.fallback_switches
         screen.finish()

@@ -10,7 +10,6 @@ screen, screenshots and recordings behave as in the one-game window
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -50,43 +49,24 @@ class GridScreen(Screen):
         record: str | None = None,
         screenshot: str | None = None,
     ) -> None:
-        # The attributes Screen's methods use, set here: Screen.__init__ sizes one game.
-        self.scale, self.headless = scale, headless
-        self.record, self.screenshot = record, screenshot
-        self.draws = not headless or bool(record or screenshot)
-        self.frames: list[np.ndarray] = []
-        self.surface = None
-        self._screenshot_saved = False
+        # The grid first: Screen.__init__ asks window_size() and make_fonts() for it.
         self.columns, self.rows, self.cell_scale = grid_layout(n, scale)
         self.cell_size = (round(ATARI_SIZE[0] * self.cell_scale), round(ATARI_SIZE[1] * self.cell_scale))
         self.cells: list[tuple[int, int]] = [
             ((i % self.columns) * self.cell_size[0], (i // self.columns) * self.cell_size[1]) for i in range(n)
         ]
-        if not self.draws:
-            return
-        if headless:
-            os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-        import pygame
+        super().__init__(title, scale=scale, headless=headless, record=record, screenshot=screenshot)
 
-        self.pygame = pygame
-        if not headless:
-            pygame.display.init()
-        pygame.font.init()
-        self.font = pygame.font.Font(None, 20)
-        self.big_font = pygame.font.Font(None, 48)
-        self.cell_font = pygame.font.Font(None, max(12, round(10 * self.cell_scale)))
+    def make_fonts(self) -> None:
+        self.font = self.pygame.font.Font(None, 20)
+        self.big_font = self.pygame.font.Font(None, 48)
+        self.cell_font = self.pygame.font.Font(None, max(12, round(10 * self.cell_scale)))
         self.label_height = self.cell_font.get_linesize()
         self.bar_height = 2 * self.font.get_linesize() + 4
-        size = (
-            max(self.columns * self.cell_size[0], MIN_WIDTH),
-            self.rows * self.cell_size[1] + self.bar_height,
-        )
-        if headless:
-            self.surface = pygame.Surface(size)
-        else:
-            self.surface = pygame.display.set_mode(size)
-            pygame.display.set_caption(title)
+
+    def window_size(self) -> tuple[int, int]:
+        """The grid of cells, with the overlay bar below it."""
+        return max(self.columns * self.cell_size[0], MIN_WIDTH), self.rows * self.cell_size[1] + self.bar_height
 
     def draw_grid(self, screens: list[np.ndarray], labels: list[str], overlay: list[str], step: int) -> None:
         """Every game's ALE screen (H, W, 3) in its cell with its label, and the overlay bar."""

@@ -32,7 +32,7 @@ from atari_trtis_demo.grid_screen import GridScreen
 from atari_trtis_demo.inference_client import InferenceClient, InferenceError
 from atari_trtis_demo.play_stats import LatencyStats, staleness_summary
 from atari_trtis_demo.policies import Policy
-from atari_trtis_demo.screen import PAUSE, QUIT, check_record_path
+from atari_trtis_demo.screen import check_record_path
 
 # ChainerRL's reproduction evaluates episodes of at most 5 minutes: 18,000 frames, 4,500 agent steps.
 EVALUATION_EPISODE_CAP = 4500
@@ -234,18 +234,13 @@ def play_games(client: InferenceClient, config: PlayConfig, n: int) -> GamesResu
     for g in games:
         g.start_episode()
     pace = Pace(config.fps)
-    start, paused, tick = time.perf_counter(), 0.0, 0
+    start, tick = time.perf_counter(), 0
     overlay: list[str] = []
-    clock = lambda: time.perf_counter() - start - paused  # noqa: E731
+    clock = lambda: time.perf_counter() - start - screen.paused_seconds  # noqa: E731
     try:
         while playing := [g for g in games if not g.done]:
-            for command in screen.commands():
-                if command == PAUSE:
-                    pause_start = time.perf_counter()
-                    result.stopped_by_user = not screen.wait_while_paused()
-                    paused += time.perf_counter() - pause_start
-                result.stopped_by_user |= command == QUIT
-            if result.stopped_by_user:
+            if screen.player_quit():
+                result.stopped_by_user = True
                 break
             if config.sync:
                 asked = {g.policy.q_values_async(g.frames()): g for g in playing}

@@ -6,6 +6,7 @@ No Chainer here, and pygame is imported only when something is drawn.
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -37,6 +38,7 @@ class Screen:
         self.draws = not headless or bool(record or screenshot)
         self.frames: list[np.ndarray] = []
         self.surface = None
+        self.paused_seconds = 0.0  # time spent paused, which play does not count as playing
         self._screenshot_saved = False
         if not self.draws:
             return
@@ -49,14 +51,20 @@ class Screen:
         if not headless:
             pygame.display.init()
         pygame.font.init()
-        size = (round(ATARI_SIZE[0] * scale), round(ATARI_SIZE[1] * scale))
+        self.make_fonts()
         if headless:
-            self.surface = pygame.Surface(size)
+            self.surface = pygame.Surface(self.window_size())
         else:
-            self.surface = pygame.display.set_mode(size)
+            self.surface = pygame.display.set_mode(self.window_size())
             pygame.display.set_caption(title)
-        self.font = pygame.font.Font(None, max(16, round(8 * scale)))
-        self.big_font = pygame.font.Font(None, max(32, round(20 * scale)))
+
+    def window_size(self) -> tuple[int, int]:
+        """Width and height of the window: one ALE screen scaled."""
+        return round(ATARI_SIZE[0] * self.scale), round(ATARI_SIZE[1] * self.scale)
+
+    def make_fonts(self) -> None:
+        self.font = self.pygame.font.Font(None, max(16, round(8 * self.scale)))
+        self.big_font = self.pygame.font.Font(None, max(32, round(20 * self.scale)))
 
     @property
     def interactive(self) -> bool:
@@ -74,6 +82,22 @@ class Screen:
             elif event.type == pg.KEYDOWN and event.key in (pg.K_p, pg.K_SPACE):
                 asked.append(PAUSE)
         return asked
+
+    def player_quit(self) -> bool:
+        """Handle the keys pressed since the last call; True when the player asked to end play.
+
+        P or Space pauses right here until resumed (the time adds to ``paused_seconds``).
+        """
+        for command in self.commands():
+            if command == PAUSE:
+                pause_start = time.perf_counter()
+                resumed = self.wait_while_paused()
+                self.paused_seconds += time.perf_counter() - pause_start
+                if not resumed:
+                    return True
+            elif command == QUIT:
+                return True
+        return False
 
     def wait_while_paused(self) -> bool:
         """Show PAUSED until P or Space again; False when the player quit meanwhile."""
