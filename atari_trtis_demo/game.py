@@ -161,6 +161,15 @@ class AsyncActions:
             self._pending = None
 
 
+def check_action_count(player: str, n_actions: int, env: Any, env_id: str) -> None:
+    """A model must have one Q-value per action of the game it plays: one line naming both when not."""
+    if env.action_space.n != n_actions:
+        raise UserError(
+            f"{player} has {n_actions} actions but {env_id} has {env.action_space.n}: "
+            "serve or load a model trained on this game (--env)"
+        )
+
+
 def overlay_lines(policy: Policy, mode: str, score: float, episode: str, steps_per_second: float) -> list[str]:
     """The two lines at the bottom of the window: the game, then the inference."""
     latency = policy.latency.last_ms
@@ -179,11 +188,7 @@ def play(policy: Policy, config: PlayConfig) -> PlayResult:
     """
     check_record_path(config.record)
     env = make_env(config.env_id, train=False, epsilon=config.epsilon, seed=config.seed)
-    if env.action_space.n != policy.n_actions:
-        raise UserError(
-            f"{policy.name} has {policy.n_actions} actions but {config.env_id} has {env.action_space.n}: "
-            "serve or load a model trained on this game (--env)"
-        )
+    check_action_count(policy.name, policy.n_actions, env, config.env_id)
     score_keeper = find_wrapper(env, GameScore)
     mode = "sync" if config.sync else "async"
     result = PlayResult(mode=mode, policy=policy.name)

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from atari_trtis_demo.envs import GameScore, find_wrapper, make_env, scale_observation
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.game import AsyncActions, EpisodeStats, Pace, PlayConfig, PlayResult
+from atari_trtis_demo.game import AsyncActions, EpisodeStats, Pace, PlayConfig, PlayResult, check_action_count
 from atari_trtis_demo.grid_screen import GridScreen
 from atari_trtis_demo.inference_client import InferenceClient, InferenceError
 from atari_trtis_demo.play_stats import LatencyStats, staleness_summary
@@ -214,11 +213,7 @@ def play_games(client: InferenceClient, config: PlayConfig, n: int) -> GamesResu
             seed = config.seed + i * config.episodes
             env = make_env(config.env_id, train=False, epsilon=config.epsilon, seed=seed)
             games.append(Game(i, seed, env, GamePolicy(client), config.episodes, cap))
-        if games[0].env.action_space.n != client.n_actions:
-            raise UserError(
-                f"{result.policy} has {client.n_actions} actions but {config.env_id} has "
-                f"{games[0].env.action_space.n}: serve a model trained on this game (--env)"
-            )
+        check_action_count(result.policy, client.n_actions, games[0].env, config.env_id)
         screen = GridScreen(
             f"{config.env_id}: {n} games, {result.policy}, {mode} inference",
             n,

@@ -298,7 +298,8 @@ def test_client_survives_a_server_restart(repository: Path) -> None:
     client.close()
 
 
-def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
+def start_serve(repository: Path) -> tuple[subprocess.Popen, int, list[str], str]:
+    """The serve command on free ports, read up to its 'Triton log:' line: (process, gRPC port, lines, workdir)."""
     http, grpc_port, metrics = free_ports(3)
     proc = start_command(
         SERVE, "--model-repository", str(repository),
@@ -310,8 +311,12 @@ def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
         lines.append(line)
         if line.startswith("Triton log:"):
             break
+    return proc, grpc_port, lines, str(Path(lines[-1].split()[2].rstrip(";")).parent)
+
+
+def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
+    proc, grpc_port, lines, workdir = start_serve(repository)
     assert any(f"atari ready at 127.0.0.1:{grpc_port} (gRPC)" in line for line in lines), lines
-    workdir = str(Path(lines[-1].split()[2].rstrip(";")).parent)
     assert processes_using(workdir), "tritonserver runs from its temporary directory"
     with InferenceClient("127.0.0.1", grpc_port, "pong") as client:
         assert client.infer(frames_batch(2)).shape == (2, 6)
@@ -440,16 +445,7 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
 
 
 def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repository: Path) -> None:
-    http, grpc_port, metrics = free_ports(3)
-    proc = start_command(
-        SERVE, "--model-repository", str(repository),
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("Triton log:"):
-            break
-    workdir = str(Path(line.split()[2].rstrip(";")).parent)
+    proc, grpc_port, _, workdir = start_serve(repository)
     assert len(processes_using(workdir)) >= 2, "tritonserver and its backend stub run"
     proc.kill()
     proc.wait(10)
