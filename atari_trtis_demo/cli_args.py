@@ -1,7 +1,8 @@
 """Command-line parsing shared by the five commands: one-line errors and range-checked numbers.
 
 :func:`run_cli` runs a command's ``main`` so that a :class:`~atari_trtis_demo.errors.UserError`
-ends it with one ``error: ...`` line and exit code 2.
+ends it with one ``error: ...`` line and exit code 2, a :class:`~atari_trtis_demo.errors.ServiceError`
+(a run-time failure: server down, bad answer) with one line and exit code 1.
 
 argparse prints a usage block and then the error; a user who typed ``--fps -5`` needs
 the one line that names the flag and what it takes. Every numeric flag goes through
@@ -18,16 +19,18 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.errors import ServiceError, UserError, one_line
 
 
 def run_cli(main: Callable[[], int | None]) -> NoReturn:
-    """Run a command-line ``main``; a :class:`UserError` becomes ``error: ...`` and exit 2."""
+    """Run a command-line ``main``: a :class:`UserError` becomes ``error: ...`` and exit 2, a
+    :class:`ServiceError` (server down, bad answer, timeout) ``error: ...`` and exit 1."""
     try:
         code = main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, ServiceError) as e:
+        # Messages may quote a server's words: printed as one line, without terminal escapes.
+        print(f"error: {one_line(e, limit=None)}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UserError) else 1)
     sys.exit(code or 0)
 
 

@@ -82,10 +82,15 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float_in(0, 600, low_open=True), default=5.0, help="per-request deadline, s")
     p.add_argument("--fallback-modelpath", default=None, help="agent directory to play locally while the server fails")
     p.add_argument(
+        "--tls-ca", default=None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)"
+    )
+    p.add_argument(
         "--games", type=int_in(1, 1024), default=1, help="play N games at once, a grid in the window (many_games.py)"
     )
     add_play_flags(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    # Before gRPC loads: its core would log a failed TLS handshake to stderr beside our one line.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if args.games > 1 and args.fallback_modelpath:
         p.error("--games: more than one game plays without --fallback-modelpath")
     if args.env:
@@ -97,12 +102,14 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
 
     if not args.fallback_modelpath:
-        client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout)
+        client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout, tls_ca=args.tls_ca)
         policy: Policy = RemotePolicy(client)
     else:
         # The local agent first: a broken --fallback-modelpath is an error even while the server answers.
         local = LocalChainerPolicy(args.fallback_modelpath, flag="--fallback-modelpath")
-        client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout, connect=False)
+        client = InferenceClient(
+            args.host, args.port, args.model, timeout=args.timeout, connect=False, tls_ca=args.tls_ca
+        )
         try:
             client.connect()
             down = None
