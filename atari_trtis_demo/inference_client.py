@@ -232,7 +232,8 @@ class InferenceClient:
         except ServerUnavailable as e:
             # A TLS server drops a plain client's connection ("Socket closed"), which reads like a
             # server going down; a quick handshake of our own tells the two apart.
-            if not self.tls and e.status == "UNAVAILABLE" and speaks_tls(self.host, self.port):
+            refused = "connection refused" in str(e).lower()  # nothing listens: no handshake to try
+            if not self.tls and e.status == "UNAVAILABLE" and not refused and speaks_tls(self.host, self.port):
                 raise TlsMismatch(
                     f"{self.address} does not speak plain gRPC: is it serving TLS? pass --tls-ca FILE "
                     "(the root certificate that signed the server's)"

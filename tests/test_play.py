@@ -262,7 +262,8 @@ def test_fallback_returns_to_the_primary_when_it_answers_again(agents: dict[str,
 def test_server_unreachable_or_wrong_game_is_one_line(server) -> None:
     (port,) = free_ports(1)
     down = run_command(REMOTE, "--host", "127.0.0.1", "--port", str(port), "--headless", "--timeout", "2")
-    assert down.returncode == 2 and down.stderr.strip().startswith("error: cannot connect to 127.0.0.1:")
+    # A down server is a run-time failure (exit 1), not a usage error (issue 16 item 6).
+    assert down.returncode == 1 and down.stderr.strip().startswith("error: cannot connect to 127.0.0.1:")
     wrong = run_command(REMOTE, "--port", str(server.grpc_port), "--host", "127.0.0.1", "--env", "PongNoFrameskip-v4")
     one_error_line(wrong, "has 4 actions but PongNoFrameskip-v4 has 6")
 

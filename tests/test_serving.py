@@ -28,7 +28,7 @@ from helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.errors import ServiceError, UserError
 from atari_trtis_demo.inference_client import (
     InferenceClient,
     InvalidRequest,
@@ -275,7 +275,7 @@ def test_client_reports_a_down_server_within_its_deadline() -> None:
     with pytest.raises(ServerUnavailable, match=f"cannot connect to 127.0.0.1:{port}") as err:
         InferenceClient("127.0.0.1", port, "atari", timeout=2.0)
     assert time.monotonic() - start_time < 2.0 + 1.0
-    assert "\n" not in str(err.value) and isinstance(err.value, UserError)
+    assert "\n" not in str(err.value) and isinstance(err.value, ServiceError)  # exit 1, not a usage error
 
 
 def test_client_survives_a_server_restart(repository: Path) -> None:
