@@ -23,6 +23,7 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import re
 import socket
@@ -403,8 +404,8 @@ class InferenceClient:
             if i >= len(response.raw_output_contents):
                 raise BadResponse(f"{where} no raw contents for output '{one_line(tensor.name, 40)}'")
             raw = response.raw_output_contents[i]
-            if len(raw) != 4 * int(np.prod(expected)):
-                raise BadResponse(f"{where} {len(raw)} bytes for shape {expected} FP32 ({4 * int(np.prod(expected))})")
+            if len(raw) != 4 * math.prod(expected):
+                raise BadResponse(f"{where} {len(raw)} bytes for shape {expected} FP32, not {4 * math.prod(expected)}")
             q_values = np.frombuffer(raw, dtype="<f4").reshape(expected)
             if not np.isfinite(q_values).all():
                 raise BadResponse(f"{where} Q-values that are not finite (NaN or infinity)")
