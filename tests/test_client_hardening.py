@@ -242,6 +242,14 @@ def test_a_lying_server_ends_play_with_one_line_and_exit_1(liar: Running, lie: s
 
 
 @pytest.mark.parametrize("mode", ["--sync", "async"])
+def test_a_lying_server_ends_many_games_with_one_line_and_exit_1(liar: Running, mode: str) -> None:
+    liar.lies.mode = "shape-2^62x4"
+    result = play_against(liar, "--games", "3", *([mode] if mode == "--sync" else []))
+    one_error_line(result, f"127.0.0.1:{liar.port}", "answered shape", code=1)
+    assert liar.lies.infer_calls <= 6, liar.lies.infer_calls
+
+
+@pytest.mark.parametrize("mode", ["--sync", "async"])
 def test_with_a_fallback_a_lying_server_is_played_through_locally(
     liar: Running, agents: dict[str, Path], mode: str
 ) -> None:
