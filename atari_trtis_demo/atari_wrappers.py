@@ -16,10 +16,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from atari_trtis_demo.contract import FRAME_SIZE, STACK_SIZE  # re-exported: the model's contract
 from atari_trtis_demo.errors import UserError
 
-FRAME_SIZE = 84
-STACK_SIZE = 4
 NOOP_MAX = 30
 ACTION_REPEAT = 4
 EVAL_EPSILON = 0.05

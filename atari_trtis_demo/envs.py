@@ -39,6 +39,7 @@ from atari_trtis_demo.atari_wrappers import (
     RandomizeAction,
     WarpFrame,
 )
+from atari_trtis_demo.contract import DEFAULT_ENV_ID  # re-exported: the model's contract
 from atari_trtis_demo.errors import UserError
 
 # What users of the envs import from here; the wrappers and their constants live in atari_wrappers.
@@ -60,8 +61,6 @@ __all__ = [
     "scale_observation",
 ]
 
-# The game every command plays unless told otherwise (the 2019 demo's).
-DEFAULT_ENV_ID = "BreakoutNoFrameskip-v4"
 # ALE's own cap for the v4/v5 ids: 108,000 frames = 30 minutes of play at 60 Hz.
 MAX_FRAMES_PER_EPISODE = 108_000
 

@@ -36,9 +36,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE
+from atari_trtis_demo.contract import ENV_ID_KEY, FRAME_SIZE, STACK_SIZE
 from atari_trtis_demo.errors import ServiceError, UserError, one_line
-from atari_trtis_demo.game_id import ENV_ID_KEY
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.play_stats import LatencyStats

@@ -17,14 +17,10 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from atari_trtis_demo import atomic
-from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE
+from atari_trtis_demo.contract import FRAME_SIZE, INPUT_NAME, OUTPUT_NAME, STACK_SIZE  # re-exported
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
-INPUT_NAME = "input"
-# The output holds Q-values (one per action), not an action: the players take the argmax.
-# The name is kept because the 2019 client asks for "action".
-OUTPUT_NAME = "action"
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
 # The file Triton loads from each version directory when a config names none, per platform/backend.
