@@ -116,3 +116,39 @@ def serving_on_free_ports(repository: Path, grpc_port: int | None = None):
 
     http, grpc_, metrics = free_ports(3)
     return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics)
+
+
+def run_python_stdlib_only(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter that can import the standard library and this checkout, nothing else.
+
+    ``-S`` skips ``site``: no site-packages (not the venv's, not the base interpreter's) and no
+    ``.pth`` files, so any third-party import fails as it would in a bare Python. PYTHONPATH names
+    this checkout alone, so the package under test is ROOT's, not an installed copy.
+    """
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**command_env(), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+
+
+def stock_chainerrl_dqn(n_actions: int, epsilon: float = 0.1):
+    """A DQN built with ChainerRL's own classes around the project's Nature network, as the 2019 scripts did.
+
+    Its ``save`` writes a plain ChainerRL agent directory (no agent_state.json): what the
+    reproduction script and the model zoo produce. Chainer is imported here, not at module
+    level, so that helpers stays importable in tests that run without it.
+    """
+    import chainer
+    from chainerrl import agents, explorers, replay_buffer
+
+    from atari_trtis_demo.agent import make_q_function
+
+    q_function = make_q_function(n_actions)
+    optimizer = chainer.optimizers.RMSpropGraves(lr=2.5e-4, alpha=0.95, momentum=0.0, eps=1e-2)
+    optimizer.setup(q_function)
+    explorer = explorers.ConstantEpsilonGreedy(epsilon, lambda: 0)
+    return agents.DQN(q_function, optimizer, replay_buffer.ReplayBuffer(100), 0.99, explorer, replay_start_size=32)

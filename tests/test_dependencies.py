@@ -1,0 +1,240 @@
+"""The dependency rule, checked rather than written in docstrings.
+
+- The model's I/O contract (``contract``) and the game id (``game_id``) need the standard library only.
+- Serving and the inference client need neither Chainer, cv2, gymnasium nor the ALE: they import
+  with those blocked, in a fresh interpreter (as in a client-only or server-only install).
+- No module on the serving, playing or shared side imports a training or conversion module at
+  module level; the one lazy exception is the play side's local Chainer policy (``agent``).
+- The package has no import cycle, and the Triton twin imports nothing of the package.
+
+The static checks read every module's ``import`` statements with :mod:`ast`, so they see
+imports that a test run never reaches.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, run_python_stdlib_only, run_python_without
+
+PACKAGE = "atari_trtis_demo"
+PACKAGE_DIR = ROOT / PACKAGE
+
+# The training and conversion stages: Chainer, ChainerRL, ONNX-Chainer live here.
+TRAIN_CONVERT = {"agent", "training", "train_cli", "onnx_export", "convert_cli", "model_zoo"}
+# The console-script dispatcher: the one module above every stage, importing each lazily.
+ENTRY_POINTS = {"console"}
+# Modules that must never import a training or conversion module, not even inside a function:
+# the shared core, the server side and the client.
+NEVER_TRAIN_SIDE = {
+    "contract", "errors", "atomic", "game_id", "envs", "atari_wrappers", "cli_args",
+    "model_repository", "serve", "triton_twin", "triton_twin_model", "triton_workdir", "triton_stats",
+    "inference_client", "play_stats",
+}  # fmt: skip
+# What the play side may import lazily from the training side: the standalone player
+# (``--modelpath``) runs the Chainer agent itself, and importing ``agent`` inside the
+# function that builds that policy keeps Chainer out of the remote player's imports.
+LAZY_FROM_PLAY = {"agent"}
+# Modules that pull in cv2 and gymnasium (the env wrappers), and those that must not reach them.
+GYM_SIDE = {"envs", "atari_wrappers"}
+WITHOUT_GYM = {
+    "contract", "errors", "atomic", "game_id", "model_repository", "serve", "triton_twin", "triton_workdir",
+    "triton_stats", "inference_client", "play_stats",
+}  # fmt: skip
+# Blocked when serving and the client are imported: the training stack and the games.
+NOT_FOR_SERVING = ("chainer", "chainerrl", "onnx_chainer", "gym", "cv2", "gymnasium", "ale_py", "pygame")
+SERVING_MODULES = ("serve", "triton_twin", "triton_workdir", "triton_stats", "model_repository")
+# The twin runs inside Triton's stub process, where this package is not importable.
+TWIN_IMPORTS = {"numpy", "onnxruntime", "triton_python_backend_utils"}
+
+
+@dataclass(frozen=True)
+class Import:
+    importer: str  # the importing module, relative to the package ("kserve.kserve_v2_pb2")
+    target: str  # the imported module: relative for the package's own, else the full dotted name
+    line: int
+    lazy: bool  # inside a function: runs only when that function is called
+
+    def __str__(self) -> str:
+        where = "inside a function" if self.lazy else "at module level"
+        return f"{PACKAGE}/{self.importer.replace('.', '/')}.py:{self.line} imports {self.target} {where}"
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the package by its name relative to the package ('' for the package itself)."""
+    modules = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_DIR).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
+    """The imports in ``path``'s source; ``from atari_trtis_demo import atomic`` counts as importing ``atomic``."""
+    is_package = path.name == "__init__.py"
+    found: list[Import] = []
+
+    def own(dotted: str) -> str | None:
+        if dotted == PACKAGE:
+            return ""
+        return dotted.removeprefix(PACKAGE + ".") if dotted.startswith(PACKAGE + ".") else None
+
+    def add(dotted: str, line: int, lazy: bool) -> None:
+        relative = own(dotted)
+        target = dotted if relative is None else relative
+        if relative is not None and relative not in modules:
+            return  # a name from a module, not a module: the module itself was added already
+        found.append(Import(name, target, line, lazy))
+
+    def visit(node: ast.AST, lazy: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    add(alias.name, child.lineno, inner)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:  # relative: resolve against this module's package
+                    anchor = [PACKAGE, *name.split(".")] if name else [PACKAGE]
+                    anchor = anchor if is_package else anchor[:-1]
+                    anchor = anchor[: len(anchor) - (child.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                add(base, child.lineno, inner)
+                for alias in child.names:  # ``from pkg import module``
+                    if own(f"{base}.{alias.name}") in modules:
+                        add(f"{base}.{alias.name}", child.lineno, inner)
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(), str(path)), False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, list[Import]]:
+    modules = package_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def own_imports(graph: dict[str, list[Import]], name: str, lazy: bool = True) -> list[Import]:
+    return [i for i in graph[name] if i.target in graph and (lazy or not i.lazy)]
+
+
+def test_the_parser_sees_the_imports_it_must_judge(graph: dict[str, list[Import]]) -> None:
+    """Guards the checks below: a parser that saw nothing would let every rule pass."""
+    assert {"contract", "serve", "policies", "agent", "kserve.kserve_v2_pb2"} <= set(graph)
+    assert any(i.target == "contract" and not i.lazy for i in graph["inference_client"])
+    assert any(i.target == "kserve.kserve_v2_pb2" for i in graph["serve"]), "from package import module"
+    assert any(i.target == "onnx_export" and i.lazy for i in graph["convert_cli"]), "imports inside functions"
+    assert any(i.target == "chainer" and not i.lazy for i in graph["agent"])
+
+
+def test_contract_and_game_id_need_only_the_standard_library() -> None:
+    result = run_python_stdlib_only(
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('numpy') is None, 'third-party packages must be unreachable here'\n"
+        "from atari_trtis_demo import contract, game_id\n"
+        "assert game_id.ENV_ID_KEY == contract.ENV_ID_KEY\n"
+        "print(contract.FRAME_STACK_SHAPE, game_id.resolve_env_id(None, None, 'nowhere'))\n"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "(4, 84, 84) BreakoutNoFrameskip-v4"
+
+
+def test_every_stage_takes_the_contract_from_one_place() -> None:
+    """The old homes of the contract's names re-export the very same values."""
+    from atari_trtis_demo import atari_wrappers, contract, envs, game_id, model_repository
+
+    assert (atari_wrappers.FRAME_SIZE, atari_wrappers.STACK_SIZE) == (contract.FRAME_SIZE, contract.STACK_SIZE)
+    assert (envs.FRAME_SIZE, envs.STACK_SIZE, envs.DEFAULT_ENV_ID) == (84, 4, contract.DEFAULT_ENV_ID)
+    assert (model_repository.INPUT_NAME, model_repository.OUTPUT_NAME) == ("input", "action")
+    assert (game_id.ENV_ID_KEY, game_id.AGENT_STATE_FILE) == ("env_id", "agent_state.json")
+    assert contract.FRAME_STACK_SHAPE == (contract.STACK_SIZE, contract.FRAME_SIZE, contract.FRAME_SIZE)
+
+
+def test_the_inference_client_imports_without_chainer_cv2_or_gymnasium() -> None:
+    result = run_python_without(
+        "import sys\n"
+        "from atari_trtis_demo.inference_client import InferenceClient\n"
+        "from atari_trtis_demo.game_id import remote_game\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('numpy', 'grpc')) != [])\n",
+        modules=NOT_FOR_SERVING,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "True"
+
+
+def test_serving_imports_without_chainer_cv2_or_gymnasium() -> None:
+    """Not only imported: serve's command line parses its --help with the training stack and the games blocked."""
+    modules = ", ".join(f"atari_trtis_demo.{name}" for name in SERVING_MODULES)
+    result = run_python_without(
+        f"import {modules}\nfrom atari_trtis_demo.serve import main\nraise SystemExit(main(['--help']))\n",
+        modules=NOT_FOR_SERVING,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--model-repository" in result.stdout
+
+
+def test_no_shared_serving_or_play_module_imports_training_or_conversion(graph: dict[str, list[Import]]) -> None:
+    below = set(graph) - TRAIN_CONVERT - ENTRY_POINTS
+    wrong = []
+    for name in sorted(below):
+        for imp in own_imports(graph, name):
+            if imp.target not in TRAIN_CONVERT:
+                continue
+            allowed_lazily = imp.lazy and imp.target in LAZY_FROM_PLAY and name not in NEVER_TRAIN_SIDE
+            if not allowed_lazily:
+                wrong.append(str(imp))
+    assert not wrong, "imports against the dependency rule:\n" + "\n".join(wrong)
+
+
+def test_serving_and_the_client_never_reach_cv2_or_gymnasium(graph: dict[str, list[Import]]) -> None:
+    """Through any chain of module-level imports: the static twin of the runtime checks above."""
+    wrong = []
+    for start in sorted(WITHOUT_GYM):
+        seen, todo, via = {start}, [start], {start: [start]}
+        while todo:
+            name = todo.pop()
+            for imp in own_imports(graph, name, lazy=False):
+                if imp.target not in seen:
+                    seen.add(imp.target)
+                    via[imp.target] = [*via[name], imp.target]
+                    todo.append(imp.target)
+        wrong += [" -> ".join(via[bad]) for bad in sorted(seen & GYM_SIDE)]
+    assert not wrong, "modules that must not need cv2/gymnasium reach them:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycles(graph: dict[str, list[Import]]) -> None:
+    """Counting imports inside functions too: imports only run downward, from the commands to the core."""
+    state: dict[str, str] = {}
+    cycles: list[list[str]] = []
+
+    def walk(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for imp in own_imports(graph, name):
+            target = imp.target
+            if state.get(target) == "open":
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                walk(target, [*path, target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_triton_twin_needs_nothing_of_this_package(graph: dict[str, list[Import]]) -> None:
+    """It runs inside Triton's backend stub, where only numpy, onnxruntime and Triton's utils are at hand."""
+    imported = {i.target.split(".")[0] for i in graph["triton_twin_model"]}
+    assert imported, "the twin's imports were not found"
+    assert imported - set(sys.stdlib_module_names) <= TWIN_IMPORTS, imported
+
+
+def test_the_contract_imports_nothing_but_the_standard_library(graph: dict[str, list[Import]]) -> None:
+    imported = {i.target.split(".")[0] for i in graph["contract"]}
+    assert imported <= set(sys.stdlib_module_names), imported
