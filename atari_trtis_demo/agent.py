@@ -32,9 +32,9 @@ from chainerrl.action_value import DiscreteActionValue  # noqa: E402
 from chainerrl.agent import load_npz_no_strict  # noqa: E402
 
 from atari_trtis_demo.atomic import UNFINISHED_DIR, DirectorySwap, recover_interrupted_swap
-from atari_trtis_demo.envs import STACK_SIZE, scale_observation
+from atari_trtis_demo.contract import AGENT_STATE_FILE, ENV_ID_KEY, STACK_SIZE
+from atari_trtis_demo.envs import scale_observation
 from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.game_id import AGENT_STATE_FILE, ENV_ID_KEY
 
 MODEL_FILE = "model.npz"
 # Shapes of a Nature DQN's weights in model.npz; the last layer's rows are n_actions.
