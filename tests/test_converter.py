@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
-from helpers import CONVERTER, ROOT, one_error_line, run_command, tree_digest
+from helpers import CONVERTER, ROOT, one_error_line, run_command, stock_chainerrl_dqn, tree_digest
 from tritonclient.grpc import model_config_pb2
 
 from atari_trtis_demo import onnx_export
@@ -209,19 +209,7 @@ def test_bad_input_is_one_line_and_leaves_the_repository_untouched(
 
 def test_agent_saved_by_stock_chainerrl_converts(tmp_path: Path) -> None:
     """A directory written by ChainerRL's own DQN (the reproduction script's agent) works too."""
-    import chainer
-    from chainerrl import agents, explorers, replay_buffer
-
-    from atari_trtis_demo.agent import make_q_function
-
-    q_function = make_q_function(6)
-    optimizer = chainer.optimizers.RMSpropGraves(lr=2.5e-4, alpha=0.95, momentum=0.0, eps=1e-2)
-    optimizer.setup(q_function)
-    stock = agents.DQN(
-        q_function, optimizer, replay_buffer.ReplayBuffer(100), 0.99,
-        explorers.ConstantEpsilonGreedy(0.1, lambda: 0), replay_start_size=32,
-    )  # fmt: skip
-    stock.save(str(tmp_path / "best"))
+    stock_chainerrl_dqn(6).save(str(tmp_path / "best"))
     assert not (tmp_path / "best" / "agent_state.json").exists(), "a plain ChainerRL directory"
     result = convert(str(tmp_path / "best"), out=str(tmp_path / "model.onnx"), env_id="PongNoFrameskip-v4")
     assert result.n_actions == 6 and result.max_abs_diff <= 1e-5

@@ -7,45 +7,24 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_ports
+from helpers import CONVERTER, REMOTE, one_error_line, run_command, serving_on_free_ports, stock_chainerrl_dqn
 
-from atari_trtis_demo.serve import serving
-
-ROOT = Path(__file__).resolve().parents[1]
-CONVERT = ROOT / "onnx_converter_src" / "converter.py"
-REMOTE = ROOT / "src" / "app.py"
 PONG = "PongNoFrameskip-v4"
-
-
-def published_agent(path: Path, n_actions: int) -> Path:
-    """An agent directory as ChainerRL's own DQN saves it (what the zoo's archives hold): no agent_state.json."""
-    import chainer
-    from chainerrl import agents, explorers, replay_buffer
-
-    from atari_trtis_demo.agent import make_q_function
-
-    q_function = make_q_function(n_actions)
-    optimizer = chainer.optimizers.RMSpropGraves(lr=2.5e-4, alpha=0.95, momentum=0.0, eps=1e-2)
-    optimizer.setup(q_function)
-    explorer = explorers.ConstantEpsilonGreedy(0.1, lambda: 0)
-    agents.DQN(q_function, optimizer, replay_buffer.ReplayBuffer(100), 0.99, explorer, replay_start_size=32).save(
-        str(path)
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ChainerRL's zoo layout, <root>/DQN/<Game>/<best|final>.zip holding <type>/, served over HTTP on 127.0.0.1."""
     root = tmp_path_factory.mktemp("zoo")
-    agent = published_agent(tmp_path_factory.mktemp("published") / "best", 6)
+    # An agent directory as ChainerRL's own DQN saves it (what the zoo's archives hold): no agent_state.json.
+    agent = tmp_path_factory.mktemp("published") / "best"
+    stock_chainerrl_dqn(6).save(str(agent))
     (root / "DQN" / "Pong").mkdir(parents=True)
     with zipfile.ZipFile(root / "DQN" / "Pong" / "best.zip", "w") as archive:
         for name in sorted(os.listdir(agent)):
@@ -62,16 +41,13 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def run(script: Path, *args: str, cwd: Path, zoo_url: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "CHAINER_DATASET_ROOT": str(cwd / "cache")}
-    if zoo_url:
-        env["ATARI_DEMO_MODEL_ZOO_URL"] = zoo_url
-    return subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
-    )
+    """One of the commands run from ``cwd``, ChainerRL's download cache inside it, the zoo at ``zoo_url``."""
+    env = {"CHAINER_DATASET_ROOT": str(cwd / "cache")} | ({"ATARI_DEMO_MODEL_ZOO_URL": zoo_url} if zoo_url else {})
+    return run_command(script, *args, env=env, cwd=cwd)
 
 
 def test_pretrained_agent_downloads_converts_serves_and_plays(zoo: str, tmp_path: Path) -> None:
-    result = run(CONVERT, "--pretrained", PONG, "--instance-kind", "KIND_CPU", cwd=tmp_path, zoo_url=zoo)
+    result = run(CONVERTER, "--pretrained", PONG, "--instance-kind", "KIND_CPU", cwd=tmp_path, zoo_url=zoo)
     assert result.returncode == 0, result.stderr[-3000:]
     # Everything under results/pretrained/<env>/: the agent (best/) and its repository (trtismodel/).
     agent_dir, repository = tmp_path / "results" / "pretrained" / PONG / "best", f"results/pretrained/{PONG}/trtismodel"
@@ -84,10 +60,9 @@ def test_pretrained_agent_downloads_converts_serves_and_plays(zoo: str, tmp_path
     assert f"python -m atari_trtis_demo.serve --model-repository {repository}\n" in result.stdout
     assert "python src/app.py --host 127.0.0.1 --port 8001" in result.stdout
 
-    http, grpc_port, metrics = free_ports(3)
-    with serving(tmp_path / repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics):
+    with serving_on_free_ports(tmp_path / repository) as running:
         stats = tmp_path / "stats.json"
-        play = run(REMOTE, "--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "0",
+        play = run(REMOTE, "--host", "127.0.0.1", "--port", str(running.grpc_port), "--headless", "--fps", "0",
                    "--max-steps", "50", "--json", str(stats), cwd=tmp_path)  # fmt: skip
     assert play.returncode == 0, play.stderr
     assert f"game: {PONG} (the model's own" in play.stdout
@@ -95,12 +70,11 @@ def test_pretrained_agent_downloads_converts_serves_and_plays(zoo: str, tmp_path
 
 
 def test_pretrained_failures_are_one_line(zoo: str, tmp_path: Path) -> None:
-    missing = run(CONVERT, "--pretrained", PONG, "--pretrained-type", "final", cwd=tmp_path, zoo_url=zoo)
-    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
-    assert missing.returncode == 2 and len(errors) == 1, missing.stderr
-    assert errors[0].startswith("error: --pretrained: cannot download") and "DQN/Pong/final.zip" in errors[0]
-    both = run(CONVERT, "--pretrained", PONG, "--model", "x", cwd=tmp_path)
+    missing = run(CONVERTER, "--pretrained", PONG, "--pretrained-type", "final", cwd=tmp_path, zoo_url=zoo)
+    line = one_error_line(missing, "DQN/Pong/final.zip")
+    assert line.startswith("error: --pretrained: cannot download"), line
+    both = run(CONVERTER, "--pretrained", PONG, "--model", "x", cwd=tmp_path)
     assert both.returncode == 2 and "give --model DIR" in both.stderr
-    wrong = run(CONVERT, "--pretrained", PONG, "--env", "BreakoutNoFrameskip-v4", cwd=tmp_path)
+    wrong = run(CONVERTER, "--pretrained", PONG, "--env", "BreakoutNoFrameskip-v4", cwd=tmp_path)
     assert wrong.returncode == 2 and "contradicts --pretrained" in wrong.stderr
     assert not (tmp_path / "results" / "pretrained" / PONG / "trtismodel").exists()

@@ -15,10 +15,10 @@ from pathlib import Path
 import chainer
 import numpy as np
 import pytest
-from chainerrl import agents, explorers, replay_buffer
-from helpers import TRAIN, one_error_line, run_command, start_command, tree_digest
+from chainerrl import agents
+from helpers import TRAIN, one_error_line, run_command, start_command, stock_chainerrl_dqn, tree_digest
 
-from atari_trtis_demo.agent import load_agent, make_agent, make_q_function, read_agent_step
+from atari_trtis_demo.agent import load_agent, make_agent, read_agent_step
 from atari_trtis_demo.envs import make_env
 from atari_trtis_demo.errors import UserError
 
@@ -80,11 +80,7 @@ def test_saved_agent_loads_back_and_acts(trained_run: Path) -> None:
         assert 0 <= action < 4
         obs, *_ = env.step(action)
     # Existing ChainerRL tools read the directory: a stock ChainerRL DQN loads it too.
-    q_func = make_q_function(4)
-    opt = chainer.optimizers.RMSpropGraves(lr=2.5e-4, alpha=0.95, momentum=0.0, eps=1e-2)
-    opt.setup(q_func)
-    explorer = explorers.ConstantEpsilonGreedy(0.0, lambda: 0)
-    stock = agents.DQN(q_func, opt, replay_buffer.ReplayBuffer(100), 0.99, explorer, replay_start_size=32)
+    stock = stock_chainerrl_dqn(4, epsilon=0.0)
     stock.load(str(trained_run / "best"))
     for key, value in params_of(stock).items():
         assert np.array_equal(value, loaded[key])
@@ -377,3 +373,33 @@ def test_progress_line_shows_steps_rate_eta_epsilon_and_scores() -> None:
     assert 45 < rate <= 50  # 500 steps in a little over 10 s
     assert "ETA 10s" in line or "ETA 9s" in line
     assert [format_duration(s) for s in (12, 249, 7500, 3 * 86400 + 4 * 3600)] == ["12s", "4m 09s", "2h 05m", "3d 04h"]
+
+
+def test_progress_eta_waits_for_the_updates() -> None:
+    """While the replay buffer fills (fast, no updates) the line says when updates start, not a false ETA."""
+    import io
+
+    from atari_trtis_demo.training import ProgressLine
+
+    class Agent:
+        class replay_updater:  # noqa: N801 - shaped like ChainerRL's ReplayUpdater
+            replay_start_size = 1000
+
+        replay_buffer: list[int] = []
+
+    stream = io.StringIO()
+    progress = ProgressLine(total_steps=10_000, step_offset=0, stream=stream, log_interval=0.0)
+    progress.window = [(progress.start - 10.0, 0)]  # 500 steps in 10 s: the fill's pace
+    Agent.replay_buffer = [0] * 500
+    progress(None, Agent(), 500)
+    line = stream.getvalue()
+    assert "filling the replay buffer, updates start in 10s (ETA after they do)" in line or "in 9s" in line, line
+    assert "ETA 3m" not in line, "no ETA from the fill's pace"
+    Agent.replay_buffer = [0] * 1000
+    progress(None, Agent(), 1000)  # updates start: the fill's pace is forgotten
+    assert [step for _, step in progress.window] == [1000]
+    assert stream.getvalue().splitlines()[-1].split(" | ")[2] == "ETA ?"
+    progress.window = [(progress.window[0][0] - 50.0, 1000)]  # the update phase: 500 steps in 50 s
+    progress(None, Agent(), 1500)
+    last = stream.getvalue().splitlines()[-1]
+    assert "ETA 14m" in last and "filling" not in last, last  # 8,500 steps at 10 steps/s
