@@ -49,8 +49,10 @@ from atari_trtis_demo.serve_security import (
     http_address,
     is_loopback,
     local_address,
+    numeric_address,
     socket_family,
     triton_address,
+    triton_http_address,
 )
 from atari_trtis_demo.serve_supervisor import describe_exit, supervise
 from atari_trtis_demo.triton_twin import (
@@ -247,6 +249,7 @@ def start_server(
     ``cancelled`` is polled while waiting: when it turns true the start stops (:class:`StartCancelled`).
     """
     access = access or Access.from_environment()
+    address = numeric_address(address)
     web_address = http_address(address, expose_http)
     ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
     check_port_numbers(ports)
@@ -275,11 +278,11 @@ def start_server(
             str(binary),
             f"--model-repository={repo}",
             f"--backend-directory={backends}",
-            f"--http-address={triton_address(web_address)}",
+            f"--http-address={triton_http_address(web_address)}",
             f"--http-port={http_port}",
             f"--grpc-address={triton_address(address)}",
             f"--grpc-port={grpc_port}",
-            f"--metrics-address={triton_address(web_address)}",
+            f"--metrics-address={triton_http_address(web_address)}",
             f"--metrics-port={metrics_port}",
             "--exit-on-error=true",
             # In-flight requests get 2 s at SIGTERM: serve kills the rest at 3 s.
@@ -346,7 +349,7 @@ def wait_until_ready(server: TritonServer, timeout: float, cancelled: Callable[[
     web = server.http_address or server.address
     listening = [
         f"Started GRPCInferenceService at {triton_address(server.address)}:{server.grpc_port}",
-        f"Started HTTPService at {triton_address(web)}:{server.http_port}",
+        f"Started HTTPService at {triton_http_address(web)}:{server.http_port}",
     ]
     player = server.access.player_key if server.access else None
     metadata = [grpc_metadata(PLAYER_HEADER, player)] if player else None
@@ -427,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     access = Access.from_environment()
-    if not is_loopback(args.address):
+    if not is_loopback(numeric_address(args.address)):
         if access.player_key is None and not args.no_key:
             raise UserError(
                 f"--address {args.address} is reachable from other machines: set {PLAYER_KEY_ENV} to a secret "

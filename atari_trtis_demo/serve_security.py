@@ -109,14 +109,41 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def numeric_address(address: str) -> str:
+    """``address`` as an IP literal (a host name resolved), or one line naming ``--address``.
+
+    Triton's HTTP server parses its address with inet_addr: a host name such as
+    ``localhost`` does not parse and it listened on 255.255.255.255 instead.
+    """
+    bare = address.strip("[]")
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise UserError(f"--address {address}: cannot resolve it ({e.strerror})") from None
+    return str(found[0][4][0])
+
+
 def triton_address(address: str) -> str:
-    """The address as Triton needs it: an IPv6 literal in brackets.
+    """The address as Triton's gRPC server needs it: an IPv6 literal in brackets.
 
     Triton joins address and port with ':'; ``::1:8001`` does not parse ("Name or service
     not known", which this Triton then reports as "Socket '::1:8001' already in use").
     """
     bare = address.strip("[]")
     return f"[{bare}]" if ":" in bare else address
+
+
+def triton_http_address(address: str) -> str:
+    """The address as Triton's HTTP and metrics servers (libevhtp) need it: IPv6 as ``ipv6:<literal>``.
+
+    Given ``::1`` or ``[::1]`` they listened on 255.255.255.255 (an IPv4 parse failure).
+    """
+    bare = address.strip("[]")
+    return f"ipv6:{bare}" if ":" in bare else address
 
 
 def socket_family(address: str) -> socket.AddressFamily:
