@@ -342,19 +342,26 @@ def http_payload(kind: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["nested", "gzip", "chunks"])
 def test_published_http_crash_payloads_leave_inference_answering_within_15_s(served, kind: str) -> None:
-    proc, grpc_port, http, _, _ = served
+    proc, grpc_port, http, workdir, _ = served
+    url = f"127.0.0.1:{grpc_port}"
+    answers_again_within(url, 30)  # a restart after the previous payload may still be under way
+    before = tritonserver_pid(workdir)
     payload = http_payload(kind)
+    start = time.monotonic()
     with socket.create_connection(("127.0.0.1", http), timeout=30) as attacker:
         try:
             attacker.sendall(payload)
-            attacker.settimeout(10)
+            # The attack ends when Triton answers or drops the connection, dying: the gzip body
+            # took about 22 s to expand (2 GiB) before Triton aborted.
+            attacker.settimeout(60)
             attacker.recv(4096)
         except OSError:
-            pass  # the server died under it, or closed the connection: both are allowed
-    # Measured from the end of the attack: Triton never died, or serve restarted it.
-    back = answers_again_within(f"127.0.0.1:{grpc_port}", 15)
+            pass
+    attack = time.monotonic() - start
+    back = answers_again_within(url, 15)
     assert proc.poll() is None
-    print(f"{kind}: answers again {back:.1f} s after the attack")
+    died = tritonserver_pid(workdir) != before
+    print(f"{kind}: attack {attack:.1f} s, Triton {'died' if died else 'lived'}, answers again {back:.1f} s after")
 
 
 def test_sigterm_stops_a_wedged_server_in_under_5_s_leaving_nothing(repository: Path, tmp_path: Path) -> None:
@@ -368,7 +375,7 @@ def test_sigterm_stops_a_wedged_server_in_under_5_s_leaving_nothing(repository: 
     took = time.monotonic() - start
     assert took < 5, f"took {took:.1f} s"
     assert proc.returncode == 0
-    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "no tritonserver or stub left"
+    assert pids and processes_using(workdir) == [], "no tritonserver or stub left (a zombie has no command line)"
     assert not Path(workdir).exists()
     assert regions and not any((SHM_DIR / r).exists() for r in regions)
 
