@@ -195,6 +195,21 @@ def test_bad_tls_files_are_one_line_naming_the_flag(repository: Path, certificat
     one_error_line(result, *words, alone=True)
 
 
+def test_a_key_unusable_as_a_header_is_one_line_naming_its_variable(repository: Path) -> None:
+    for variable in ("ATARI_DEMO_KEY", "ATARI_DEMO_ADMIN_KEY"):
+        for bad in ("", "two words", "a:b=c"):
+            result = run_command(SERVE, "--model-repository", str(repository), env={variable: bad}, timeout=60)
+            one_error_line(result, variable, alone=True)
+
+
+def test_the_owner_may_give_the_admin_key_then_no_file_is_written(tmp_path: Path) -> None:
+    given = Access.from_environment({"ATARI_DEMO_ADMIN_KEY": ADMIN_KEY})
+    assert given.admin_key == ADMIN_KEY and given.write_admin_key(tmp_path) is None and not list(tmp_path.iterdir())
+    made, again = Access.from_environment({}), Access.from_environment({})
+    assert made.admin_key != again.admin_key and len(made.admin_key) >= 40, "a fresh secret each start"
+    assert made.player_key is None and "--grpc-restricted-protocol" in " ".join(made.triton_flags())
+
+
 # --- 2 and 4: addresses other than loopback ------------------------------------------------------------------------
 
 NOT_HERE = "198.51.100.7"  # TEST-NET-2: not loopback and not on this machine, so nothing can bind it by mistake
