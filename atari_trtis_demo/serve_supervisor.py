@@ -12,36 +12,19 @@ No Chainer here.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.triton_process import StartCancelled, TritonServer, describe_exit
 from atari_trtis_demo.triton_workdir import triton_errors
-
-if TYPE_CHECKING:
-    from atari_trtis_demo.serve import TritonServer
 
 MAX_CRASHES = 5
 CRASH_WINDOW_S = 300.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # before the 1st, 2nd, 3rd, 4th+ restart within the window
 SHM_RESCAN_S = 5.0  # a stub restarted by Triton gets a new region: noted within this
-
-
-def describe_exit(returncode: int | None) -> str:
-    """How a process ended, never empty: 'was killed by SIGKILL', 'exited with code 1'."""
-    if returncode is None:
-        return "is still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with code {returncode}"
 
 
 def _say(message: str) -> None:
@@ -64,8 +47,6 @@ def supervise(
     say: Callable[[str], None] = _say,
 ) -> int:
     """Watch ``server`` until ``stopping()``: 0; or until ``max_crashes`` within ``window`` s: 1, told in one line."""
-    from atari_trtis_demo.serve import StartCancelled
-
     crashes: deque[float] = deque()
     next_scan = time.monotonic() + SHM_RESCAN_S
     while not stopping():
