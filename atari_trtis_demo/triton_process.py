@@ -43,7 +43,6 @@ from atari_trtis_demo.triton_workdir import (
     LogPump,
     claim_workdir,
     processes_using,
-    record_shm_regions,
     remove_shm_regions,
     shm_regions_of,
     triton_errors,
@@ -114,10 +113,7 @@ class TritonServer:
 
     def note_shm_regions(self) -> None:
         """Remember the python backend's regions of this server while its stubs run, to remove them if it dies."""
-        found = shm_regions_of(self.workdir)
-        if not found <= self.shm_regions:
-            self.shm_regions |= found
-            record_shm_regions(self.workdir, self.shm_regions)
+        self.shm_regions |= shm_regions_of(self.workdir)
 
     def _end_process(self, grace: float) -> None:
         """SIGTERM, then after ``grace`` s SIGKILL to Triton's whole process group (its backend stubs too).

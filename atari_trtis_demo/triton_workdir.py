@@ -25,7 +25,6 @@ from pathlib import Path
 WORKDIR_PREFIX = "atari-triton-"
 OWNER_FILE = "owner.json"  # in the workdir: the pid of the process that started Triton
 LOG_FILE = "tritonserver.log"  # in the workdir: Triton's stdout and stderr
-SHM_FILE = "shm-regions.json"  # in the workdir: the python backend's regions of its Triton, for a later cleanup
 LOG_LIMIT = 8 * 2**20  # bytes per log part; the part before is kept as tritonserver.log.1
 SHM_DIR = Path("/dev/shm")
 SHM_REGION = re.compile(r"^triton_python_backend_shm_region_[A-Za-z0-9_.-]+$")
@@ -80,9 +79,6 @@ def clean_stale_workdirs(tmpdir: str | None = None) -> list[Path]:
         for pid in processes_using(str(workdir)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        # Its Triton died by SIGKILL with serve: the shared memory it made is still in /dev/shm.
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            remove_shm_regions(set(json.loads((workdir / SHM_FILE).read_text())))
         shutil.rmtree(workdir, ignore_errors=True)
         removed.append(workdir)
     return removed
@@ -168,12 +164,6 @@ def shm_regions_of(workdir: Path) -> set[str]:
             continue
         regions.update(arg for arg in args if SHM_REGION.match(arg))
     return regions
-
-
-def record_shm_regions(workdir: Path, names: set[str]) -> None:
-    """Note ``names`` in the workdir, so that whoever removes a killed ``serve``'s workdir removes them too."""
-    with contextlib.suppress(OSError):
-        (workdir / SHM_FILE).write_text(json.dumps(sorted(names)))
 
 
 def remove_shm_regions(names: set[str], shm_dir: Path = SHM_DIR) -> list[str]:

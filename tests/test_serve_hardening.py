@@ -421,22 +421,3 @@ def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, cap
         server.stop()
     assert not server.workdir.exists()
     Path(errors[0].rsplit("Triton's log: ", 1)[1].rstrip(")")).unlink()  # the copy kept for the owner
-
-
-def test_the_next_start_removes_the_shared_memory_of_a_killed_serve(repository: Path, tmp_path: Path) -> None:
-    """kill -9 of serve: its Triton dies by SIGKILL (parent-death signal) and cannot remove its regions."""
-    proc, _, _, workdir = start_serve(repository, tmp_path / "serve.err")
-    deadline = time.monotonic() + 10
-    while not (Path(workdir) / "shm-regions.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    regions = set(json.loads((Path(workdir) / "shm-regions.json").read_text()))
-    proc.kill()
-    proc.wait(10)
-    deadline = time.monotonic() + 15
-    while processes_using(workdir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert regions and all((SHM_DIR / r).exists() for r in regions), "left behind by the killed server"
-    http, grpc_port, metrics = free_ports(3)
-    with serving(repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics):
-        assert not Path(workdir).exists()
-        assert not any((SHM_DIR / r).exists() for r in regions)
