@@ -48,6 +48,12 @@ def grpc_metadata(header: str, value: str) -> tuple[str, str]:
     return (GRPC_HEADER_PREFIX + header, value)
 
 
+def player_metadata(environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """What a player sends on every gRPC call: the players' key from ``ATARI_DEMO_KEY``, or nothing when unset."""
+    key = (os.environ if environ is None else environ).get(PLAYER_KEY_ENV)
+    return [grpc_metadata(PLAYER_HEADER, key)] if key else []
+
+
 def check_key(name: str, value: str) -> str:
     """A key usable in a header and on Triton's command line, or one line naming the variable."""
     if not value:

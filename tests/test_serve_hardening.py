@@ -39,6 +39,7 @@ from atari_trtis_demo.serve_security import (
     http_address,
     is_loopback,
     numeric_address,
+    player_metadata,
     triton_address,
 )
 from atari_trtis_demo.serve_supervisor import supervise
@@ -151,7 +152,7 @@ def test_with_a_player_key_only_health_is_open_and_a_wrong_key_is_refused(guarde
                 "This protocol is restricted, expecting header 'triton-grpc-protocol-atari-demo-key'"
             )
         meta = stub.ModelMetadata(
-            pb.ModelMetadataRequest(name="atari"), timeout=5, metadata=[grpc_metadata(PLAYER_HEADER, PLAYER_KEY)]
+            pb.ModelMetadataRequest(name="atari"), timeout=5, metadata=player_metadata({"ATARI_DEMO_KEY": PLAYER_KEY})
         )
         assert meta.name == "atari"
     url, tls = f"127.0.0.1:{guarded.grpc_port}", {"ssl": True, "root_certificates": str(cert)}
