@@ -6,9 +6,12 @@ The server is the ``tritonserver`` binary that the ``nvidia-pytriton`` wheel shi
 That build has Triton's python backend only, so each ``onnxruntime_onnx`` model is
 served through a python-backend twin (:mod:`atari_trtis_demo.triton_twin`). With
 ``--backend-directory`` pointing at backends that include onnxruntime (NVIDIA's
-container has them), the repository is served as it is. This module runs the
-process (ports, start, readiness, stop) and the command line; its temporary files and
-log are :mod:`atari_trtis_demo.triton_workdir`'s.
+container has them), the repository is served as it is. This module checks the ports,
+builds Triton's command line and runs the ``serve`` command; the process (readiness,
+restart, stop) is :mod:`atari_trtis_demo.triton_process`'s, who may reach what
+:mod:`atari_trtis_demo.serve_security`'s, restarting a dead Triton
+:mod:`atari_trtis_demo.serve_supervisor`'s, temporary files, log and shared memory
+:mod:`atari_trtis_demo.triton_workdir`'s.
 
 No Chainer here.
 """
@@ -17,61 +20,67 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
-import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-
-import grpc
 
 from atari_trtis_demo.cli_args import ArgumentParser, float_in, int_in, port, run_cli
 from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.model_repository import read_repository
-from atari_trtis_demo.triton_twin import (
-    prepare_python_backend,
-    prepare_twin_repository,
-    pytriton_dir,
-    server_environment,
+from atari_trtis_demo.serve_security import (
+    PLAYER_HEADER,
+    PLAYER_KEY_ENV,
+    Access,
+    check_tls_files,
+    http_address,
+    is_loopback,
+    numeric_address,
+    socket_family,
+    triton_address,
+    triton_http_address,
 )
+from atari_trtis_demo.serve_supervisor import supervise
+from atari_trtis_demo.triton_process import (  # noqa: F401 - TritonServer, wait_until_ready: tests/test_serving.py
+    StartCancelled,
+    TritonServer,
+    launch,
+    wait_until_ready,
+)
+from atari_trtis_demo.triton_twin import prepare_python_backend, prepare_twin_repository, pytriton_dir
 from atari_trtis_demo.triton_workdir import (
     LOG_FILE,
-    claim_workdir,
     clean_stale_workdirs,
     make_workdir,
     processes_using,  # noqa: F401 - re-exported: tests/test_serving.py
-    triton_errors,
 )
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-
-def check_ports(address: str, ports: dict[str, int]) -> None:
-    """Every port in range, distinct and free on ``address``: a taken one is named before Triton starts.
-
-    ``ports`` maps each flag (``--grpc-port``...) to its port. The probe binds as servers
-    do (SO_REUSEADDR), so only a listening socket counts as taken, not a closed one.
-    """
+def check_port_numbers(ports: dict[str, int]) -> None:
+    """Every port in range and distinct; ``ports`` maps each flag (``--grpc-port``...) to its port."""
     for flag, number in ports.items():
         if not 1 <= number <= 65535:
             raise UserError(f"{flag} {number}: not a TCP port (1-65535)")
     if len(set(ports.values())) < len(ports):
         raise UserError(f"{', '.join(f'{f} {n}' for f, n in ports.items())}: the ports must differ")
+
+
+def check_ports(address: str, ports: dict[str, int]) -> None:
+    """Every port in range, distinct and free on ``address``: a taken one is named before Triton starts.
+
+    The probe binds as servers do (SO_REUSEADDR), so only a listening socket counts as
+    taken, not a closed one. An IPv6 address may come with or without brackets.
+    """
+    check_port_numbers(ports)
+    bare = address.strip("[]")
     for flag, number in ports.items():
-        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        with socket.socket(socket_family(bare)) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((address, number))
+                probe.bind((bare, number))
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
                     raise UserError(
@@ -79,53 +88,6 @@ def check_ports(address: str, ports: dict[str, int]) -> None:
                         "stop it or choose another port)"
                     ) from None
                 raise UserError(f"--address {address}: cannot listen there ({e.strerror})") from None
-
-
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)
-    # The kernel sends SIGKILL to Triton when the thread that started it dies, even
-    # by kill -9: no server outlives `serve` holding its ports.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-@dataclass
-class TritonServer:
-    """A running tritonserver, its ports and its temporary files."""
-
-    process: subprocess.Popen
-    address: str
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-    models: list[str]
-    workdir: Path
-    log_path: Path
-
-    @property
-    def grpc_target(self) -> str:
-        return f"{self.address}:{self.grpc_port}"
-
-    def keep_log(self) -> Path:
-        """A copy of Triton's log outside the workdir, which :meth:`stop` removes: readable after a failure."""
-        kept = Path(tempfile.gettempdir()) / f"tritonserver-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        with contextlib.suppress(OSError):
-            shutil.copyfile(self.log_path, kept)
-        return kept
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop Triton and every process it started (backend stubs), then remove temporary files."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Backend stubs live in Triton's process group; none may outlive it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_server(
@@ -138,9 +100,28 @@ def start_server(
     backend_directory: str | None = None,
     log_verbose: int = 0,
     ready_timeout: float = 120.0,
+    access: Access | None = None,
+    tls: tuple[Path, Path] | None = None,
+    expose_http: bool = False,
+    cancelled: Callable[[], bool] | None = None,
 ) -> TritonServer:
-    """Start tritonserver on ``repository`` and return once every model is ready."""
-    check_ports(address, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    """Start tritonserver on ``repository`` and return once every model is ready.
+
+    ``access``: the keys (default: from the environment, see :mod:`serve_security`; the
+    admin protocols always need a key). ``tls``: (certificate, key) files for gRPC.
+    HTTP and metrics stay on 127.0.0.1 for a non-loopback ``address`` unless ``expose_http``.
+    ``cancelled`` is polled while waiting: when it turns true the start stops (:class:`StartCancelled`).
+    """
+    access = access or Access.from_environment()
+    address = numeric_address(address)
+    web_address = http_address(address, expose_http)
+    ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
+    check_port_numbers(ports)
+    if web_address == address:
+        check_ports(address, ports)
+    else:
+        check_ports(address, {"--grpc-port": grpc_port})
+        check_ports(web_address, {"--http-port": http_port, "--metrics-port": metrics_port})
     models = read_repository(repository)
     for stale in clean_stale_workdirs():
         print(f"removed {stale}, left by a server that was killed", file=sys.stderr, flush=True)
@@ -153,38 +134,40 @@ def start_server(
             repo, backends = Path(repository).resolve(), Path(backend_directory).resolve()
         else:
             repo, backends = prepare_twin_repository(models, workdir), prepare_python_backend(workdir)
-        log_path = workdir / LOG_FILE
+        key_file = access.write_admin_key(workdir)
+        tls_flags = []
+        if tls:
+            tls_flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={tls[0]}", f"--grpc-server-key={tls[1]}"]
         command = [
             str(binary),
             f"--model-repository={repo}",
             f"--backend-directory={backends}",
-            f"--http-address={address}",
+            f"--http-address={triton_http_address(web_address)}",
             f"--http-port={http_port}",
-            f"--grpc-address={address}",
+            f"--grpc-address={triton_address(address)}",
             f"--grpc-port={grpc_port}",
-            f"--metrics-address={address}",
+            f"--metrics-address={triton_http_address(web_address)}",
             f"--metrics-port={metrics_port}",
             "--exit-on-error=true",
+            # In-flight requests get 2 s at SIGTERM: serve kills the rest at 3 s.
+            "--exit-timeout-secs=2",
             f"--log-verbose={log_verbose}",
+            *tls_flags,
+            *access.triton_flags(),
         ]
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=server_environment(),
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        claim_workdir(workdir, process.pid)
+        server = TritonServer(
+            None,  # type: ignore[arg-type]  # set by _launch
+            address, http_port, grpc_port, metrics_port, [m.name for m in models], workdir, workdir / LOG_FILE,
+            http_address=web_address, tls_cert=tls[0] if tls else None, access=access, admin_key_file=key_file,
+            command=command,
+        )  # fmt: skip
+        launch(server)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    server = TritonServer(
-        process, address, http_port, grpc_port, metrics_port, [m.name for m in models], workdir, log_path
-    )
     try:
-        wait_until_ready(server, ready_timeout)
+        wait_until_ready(server, ready_timeout, cancelled)
+        server.note_shm_regions()
     except UserError as e:
         kept = server.keep_log()
         server.stop()
@@ -193,41 +176,6 @@ def start_server(
         server.stop()
         raise
     return server
-
-
-def wait_until_ready(server: TritonServer, timeout: float) -> None:
-    """Return when *this* tritonserver serves every model: alive, its own log says it listens, and ready.
-
-    The log line matters: another server on the port would answer ready too.
-    """
-    connect = "127.0.0.1" if server.address in ("0.0.0.0", "") else server.address
-    channel = grpc.insecure_channel(f"{connect}:{server.grpc_port}")
-    stub = GRPCInferenceServiceStub(channel)
-    listening = [
-        f"Started GRPCInferenceService at {server.address}:{server.grpc_port}",
-        f"Started HTTPService at {server.address}:{server.http_port}",
-    ]
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                log = triton_errors(server.log_path) or "see its log"
-                raise UserError(f"tritonserver exited with code {server.process.returncode} at start: {log}")
-            try:
-                log_text = server.log_path.read_text(errors="replace")
-                if (
-                    all(line in log_text for line in listening)
-                    and stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready
-                    and all(stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=1).ready for name in server.models)
-                    and server.process.poll() is None
-                ):
-                    return
-            except (grpc.RpcError, OSError):
-                pass
-            time.sleep(0.2)
-        raise UserError(f"tritonserver did not get ready within {timeout:.0f} s: {triton_errors(server.log_path)}")
-    finally:
-        channel.close()
 
 
 @contextlib.contextmanager
@@ -241,20 +189,58 @@ def serving(repository: str | Path, **kwargs: object) -> Iterator[TritonServer]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description="Serve a Triton model repository with a real tritonserver on this machine.")
+    p = ArgumentParser(
+        description="Serve a Triton model repository with a real tritonserver on this machine.",
+        epilog=f"Environment: {PLAYER_KEY_ENV} (players must send it as header {PLAYER_HEADER}), "
+        "ATARI_DEMO_ADMIN_KEY (the owner's key for shared memory, model repository, logging, trace; "
+        "default: generated and written to a file only you can read).",
+    )
     p.add_argument("--model-repository", required=True, help="the repository, e.g. trtismodel")
-    p.add_argument("--address", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address for gRPC (default 127.0.0.1; any other than loopback needs ATARI_DEMO_KEY or --no-key)",
+    )
     p.add_argument("--http-port", type=port, default=8000)
     p.add_argument("--grpc-port", type=port, default=8001)
     p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--backend-directory", default=None, help="Triton backends with onnxruntime: serve as is")
     p.add_argument("--log-verbose", type=int_in(0, 3), default=0)
     p.add_argument("--ready-timeout", type=float_in(0, low_open=True), default=120.0, help="seconds")
+    p.add_argument("--tls-cert", default=None, metavar="FILE", help="PEM certificate: serve gRPC over TLS")
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--no-key",
+        action="store_true",
+        help="serve a non-loopback --address without ATARI_DEMO_KEY: anyone who reaches it may play",
+    )
+    p.add_argument(
+        "--expose-http",
+        action="store_true",
+        help="let HTTP and metrics follow a non-loopback --address (default: they stay on 127.0.0.1; this "
+        "Triton's HTTP server has published crashes: CVE-2025-23310, CVE-2025-23311)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    access = Access.from_environment()
+    if not is_loopback(numeric_address(args.address)):
+        if access.player_key is None and not args.no_key:
+            raise UserError(
+                f"--address {args.address} is reachable from other machines: set {PLAYER_KEY_ENV} to a secret "
+                "the players share (or pass --no-key to let anyone play)"
+            )
+        if access.player_key is None:
+            print(f"warning: --no-key: anyone who reaches {args.address} may play", file=sys.stderr, flush=True)
+        if args.tls_cert is None:
+            print(
+                f"warning: no --tls-cert: requests and {PLAYER_KEY_ENV} travel in clear text",
+                file=sys.stderr,
+                flush=True,
+            )
+    tls = check_tls_files(args.tls_cert, args.tls_key)
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -263,35 +249,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    server = start_server(
-        args.model_repository,
-        address=args.address,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        backend_directory=args.backend_directory,
-        log_verbose=args.log_verbose,
-        ready_timeout=args.ready_timeout,
-    )
     try:
+        server = start_server(
+            args.model_repository,
+            address=args.address,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            backend_directory=args.backend_directory,
+            log_verbose=args.log_verbose,
+            ready_timeout=args.ready_timeout,
+            access=access,
+            tls=tls,
+            expose_http=args.expose_http,
+            cancelled=lambda: stopping,
+        )
+    except StartCancelled:
+        print("server stopped", flush=True)
+        return 0
+    code = 0
+    try:
+        web = triton_address(server.http_address)
         for name in server.models:
             print(
-                f"{name} ready at {server.address}:{server.grpc_port} (gRPC), "
-                f"{server.address}:{server.http_port} (HTTP), metrics on :{server.metrics_port}",
+                f"{name} ready at {server.grpc_target} (gRPC{', TLS' if tls else ''}), "
+                f"{web}:{server.http_port} (HTTP), metrics on {web}:{server.metrics_port}",
                 flush=True,
             )
+        if server.admin_key_file:
+            print(f"admin key (header atari-admin-key): in {server.admin_key_file}", flush=True)
+        else:
+            print("admin key (header atari-admin-key): the value of ATARI_DEMO_ADMIN_KEY", flush=True)
+        if access.player_key is not None:
+            print(f"players need header {PLAYER_HEADER}: the value of {PLAYER_KEY_ENV}", flush=True)
         print(f"Triton log: {server.log_path}; Ctrl-C stops the server", flush=True)
-        while not stopping:
-            if server.process.poll() is not None:
-                raise UserError(
-                    f"tritonserver exited with code {server.process.returncode}: {triton_errors(server.log_path)} "
-                    f"(Triton's log: {server.keep_log()})"
-                )
-            time.sleep(0.2)
+        code = supervise(server, stopping=lambda: stopping, ready_timeout=args.ready_timeout)
     finally:
         server.stop()
-    print("server stopped", flush=True)
-    return 0
+    if code == 0:
+        print("server stopped", flush=True)
+    return code
 
 
 if __name__ == "__main__":
