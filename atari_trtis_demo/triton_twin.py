@@ -39,9 +39,9 @@ def _dims(values: object) -> str:
 def twin_config(model: RepositoryModel) -> str:
     """The python-backend config of an onnxruntime model: same tensors, batching, instances on the CPU.
 
-    Two things differ from the model's own config, both so that one client cannot hurt
-    another (docs/serving.md, "One server, many clients"): each input is reshaped to carry
-    a leading 1 after the batch dimension, and the dynamic batcher gets a bounded queue.
+    Each input is reshaped to carry a leading 1 after the batch dimension, so that one
+    client cannot fail another's requests (docs/serving.md, "One server, many clients");
+    ``max_batch_size`` is the model's own: Triton never forms a larger batch.
     """
     twin = pb.ModelConfig()
     twin.CopyFrom(model.config)
@@ -79,7 +79,7 @@ def twin_config(model: RepositoryModel) -> str:
             text += f"  reshape {{ shape: {_dims([1, *tensor.dims])} }}\n"
         text += "}\n"
     if batching is not None:
-        text += _batching_text(batching, twin.max_batch_size)
+        text += _batching_text(batching)
     return text
 
 
@@ -87,18 +87,18 @@ def _quoted(value: str) -> str:
     return text_format.MessageToString(pb.ModelInput(name=value)).strip().split(":", 1)[1].strip()
 
 
-def _batching_text(batching: pb.ModelDynamicBatching, max_batch_size: int) -> str:
-    """The model's dynamic batching, with a queue no client can grow without bound."""
+def _batching_text(batching: pb.ModelDynamicBatching) -> str:
+    """The model's dynamic batching as config text.
+
+    No queue policy: a bounded queue (max_queue_size) let a flood take every free slot and
+    the players' requests were refused; it did not bound memory either (docs/serving.md,
+    "A stream flood").
+    """
     lines = [f"  preferred_batch_size: {size}" for size in batching.preferred_batch_size]
     lines.append(f"  max_queue_delay_microseconds: {batching.max_queue_delay_microseconds}")
     if batching.preserve_ordering:
         lines.append("  preserve_ordering: true")
-    if QUEUE_POLICY_TEXT.strip():
-        lines.append(QUEUE_POLICY_TEXT.strip("\n"))
     return "dynamic_batching {\n" + "\n".join(lines) + "\n}\n"
-
-
-QUEUE_POLICY_TEXT = ""
 
 
 def prepare_twin_repository(models: list[RepositoryModel], into: Path) -> Path:
