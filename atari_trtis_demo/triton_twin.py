@@ -25,6 +25,13 @@ from atari_trtis_demo.model_repository import CONFIG_FILENAME, DEFAULT_FILENAMES
 
 TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")
 TWIN_FILENAME = DEFAULT_FILENAMES["python"]
+# How many times the model's max_batch_size Triton may put into one execution of the twin.
+# Until this step the twin declared 2**24, and a stream flood made batches of 8,000-18,000
+# (8 GB). 4 rather than 1: under a flood on 2 shared cores, fewer, larger executions (fewer
+# wake-ups of the stub process) drained the backlog within 5 s of the flood's end where 1
+# often did not (docs/serving.md, "A stream flood"). The twin still runs onnxruntime on at
+# most the model's limit at once and refuses any request larger than it.
+TWIN_BATCH_FACTOR = 4
 # The twin's onnxruntime session (triton_twin_model.session_options). onnxruntime's
 # intra-op threads spin-wait after each run by default: in a server that shares its
 # cores with the players this burnt most of the server's CPU waiting. One intra-op
@@ -41,7 +48,7 @@ def twin_config(model: RepositoryModel) -> str:
 
     Each input is reshaped to carry a leading 1 after the batch dimension, so that one
     client cannot fail another's requests (docs/serving.md, "One server, many clients");
-    ``max_batch_size`` is the model's own: Triton never forms a larger batch.
+    ``max_batch_size`` is a small multiple of the model's own (:data:`TWIN_BATCH_FACTOR`).
     """
     twin = pb.ModelConfig()
     twin.CopyFrom(model.config)
@@ -56,6 +63,9 @@ def twin_config(model: RepositoryModel) -> str:
     # through Triton's ModelConfig; these tell the twin what to run.
     twin.parameters["onnx_file"].string_value = model.config.default_model_filename or MODEL_FILENAME
     twin.parameters["max_batch_size"].string_value = str(model.config.max_batch_size)
+    # Triton may merge up to TWIN_BATCH_FACTOR times the model's limit into one execution;
+    # the twin runs onnxruntime on at most the model's limit at once and refuses larger requests.
+    twin.max_batch_size = model.config.max_batch_size * TWIN_BATCH_FACTOR
     for key, value in ORT_SETTINGS.items():
         twin.parameters[key].string_value = value
     # The project's protobuf subset has no reshape or queue policy: those blocks are written here as text.

@@ -77,9 +77,10 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
         self.session = ort.InferenceSession(path, session_options(config), providers=["CPUExecutionProvider"])
         self.model_name = config["name"]
-        # The model's own limit, also the twin's in Triton (which refuses larger requests
-        # itself); checked again here per request, as the batch sum of the python backend
-        # is not a per-request check.
+        # The model's own limit. Triton's for the twin is a small multiple of it (see
+        # triton_twin.TWIN_BATCH_FACTOR): Triton merges up to that many stacks into one
+        # execute; each request is held to the model's limit here, and onnxruntime never
+        # runs more than it at once.
         self.max_batch_size = int(config["parameters"]["max_batch_size"]["string_value"])
         # name -> (dims without the batch dimension, numpy dtype, KServe datatype)
         self.inputs = {
