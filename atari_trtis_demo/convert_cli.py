@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long Triton may hold a request to batch it with other players' (3000 for many players: "
         "see docs/benchmarks.md)",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing version or --out file")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing version, --out file, or a config.pbtxt edited by hand"
+    )
     p.add_argument(
         "--env",
         default=None,

@@ -8,6 +8,7 @@ was, and a config never points to a version that is not fully written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,13 @@ INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
 MAX_BATCH_SIZE_LIMIT = 4096
 INSTANCE_COUNT_LIMIT = 64
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+# A version directory: ASCII digits only. str.isdigit() also takes "１" (fullwidth),
+# "٣" (Arabic-indic) or "²", which int() reads as another number or refuses.
+_VERSION_NAME = re.compile(r"[0-9]+")
+# The last line of every config.pbtxt the converter writes: the digest of the lines above
+# it. A config whose digest no longer matches was edited by hand, and the converter
+# replaces it only with --force.
+CONFIG_DIGEST_PREFIX = "# written by the converter, sha256 of the lines above: "
 _PARAMETER_TEXT = re.compile(r"[A-Za-z0-9_./-]+")
 
 
@@ -154,11 +162,69 @@ default_model_filename: "{model_filename}"
 {parameter_lines}"""
 
 
+def version_dirs(model_dir: str | Path, flag: str = "--model-repository") -> list[int]:
+    """Version numbers of the version directories under ``model_dir``, sorted.
+
+    A directory named with digits that are not ASCII (``"１"``, ``"٣"``, ``"²"``) would be
+    taken for a version by ``str.isdigit`` and break ``int``, or alias another version:
+    :class:`UserError` naming it. Other names (``config.pbtxt``, hidden staging) are no versions.
+    """
+    versions = []
+    for entry in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, entry)
+        if not os.path.isdir(path):
+            continue
+        if _VERSION_NAME.fullmatch(entry):
+            versions.append(int(entry))
+        elif entry.isdigit() or entry.isnumeric():
+            raise UserError(
+                f"{flag} {path}: version directory {entry!r} is not an ASCII number (name versions 1, 2, ...)"
+            )
+    return sorted(versions)
+
+
 def existing_versions(model_dir: str) -> list[int]:
     """Version numbers already present under ``<repo>/<name>/``."""
     if not os.path.isdir(model_dir):
         return []
-    return sorted(int(n) for n in os.listdir(model_dir) if n.isdigit() and os.path.isdir(os.path.join(model_dir, n)))
+    return version_dirs(model_dir, "--repository")
+
+
+def sign_config(text: str) -> str:
+    """``text`` with the converter's digest line at its end (see :data:`CONFIG_DIGEST_PREFIX`)."""
+    body = text if text.endswith("\n") else text + "\n"
+    return f"{body}{CONFIG_DIGEST_PREFIX}{hashlib.sha256(body.encode()).hexdigest()}\n"
+
+
+def config_edited_by_hand(existing: str, new_text: str) -> bool:
+    """Whether ``existing`` (a config.pbtxt) holds changes the converter did not write.
+
+    It did not if its digest line matches the lines above it, or if it is exactly what
+    the converter would write now (``new_text``, signed or not: configs written before
+    the digest existed, such as the repository's example).
+    """
+    if existing in (new_text, sign_config(new_text)):
+        return False
+    body, _, last = existing.rstrip("\n").rpartition("\n")
+    if not last.startswith(CONFIG_DIGEST_PREFIX):
+        return True
+    return last[len(CONFIG_DIGEST_PREFIX) :].strip() != hashlib.sha256((body + "\n").encode()).hexdigest()
+
+
+def check_config_replaceable(config_path: str, new_text: str, *, force: bool) -> None:
+    """Refuse (one line naming the file and --force) to replace a config.pbtxt edited by hand."""
+    if force or not os.path.exists(config_path):
+        return
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            existing = f.read()
+    except (OSError, UnicodeDecodeError):
+        existing = None  # unreadable as text: certainly not what the converter wrote
+    if existing is None or config_edited_by_hand(existing, new_text):
+        raise UserError(
+            f"--repository {config_path}: edited by hand since the converter wrote it; not replaced "
+            "(use --force to replace it, or copy your changes into the new config afterwards)"
+        )
 
 
 def write_file_atomic(path: str, data: bytes, *, force: bool, flag: str) -> None:
@@ -199,6 +265,7 @@ def write_model_version(
         raise UserError(f"--version {version}: {version_dir} already exists (use --force to replace it)")
     created_model_dir = not os.path.isdir(model_dir)
     config_path = os.path.join(model_dir, CONFIG_FILENAME)
+    check_config_replaceable(config_path, config_text, force=force)  # before anything is written
     # hidden (".1.tmp-<tag>"): a temporary name must not start with the version's digits,
     # where Triton or existing_versions could take it for a version.
     swap = atomic.DirectorySwap(version_dir, hidden=True)
@@ -212,7 +279,7 @@ def write_model_version(
                 f.write(model_bytes)
             swap.commit()
             try:
-                write_file_atomic(config_path, config_text.encode(), force=True, flag="--repository")
+                write_file_atomic(config_path, sign_config(config_text).encode(), force=True, flag="--repository")
             except UserError:
                 swap.rollback()  # put the repository back as it was: no model without its config
                 raise
@@ -259,7 +326,7 @@ def read_repository(repository: str | Path) -> list[RepositoryModel]:
         if model.kind not in DEFAULT_FILENAMES:
             raise UserError(f"{config_path}: platform/backend '{model.kind}' is not one this server can run")
         filename = config.default_model_filename or DEFAULT_FILENAMES[model.kind]
-        model.versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        model.versions = version_dirs(model_dir)
         if not model.versions:
             raise UserError(f"{model_dir / '1' / filename}: missing (no version directory in {model_dir})")
         for version in model.versions:

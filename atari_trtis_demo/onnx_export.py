@@ -24,9 +24,12 @@ from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observ
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.game_id import AGENT_STATE_FILE, ENV_ID_KEY, recorded_env_id, resolve_env_id
 from atari_trtis_demo.model_repository import (
+    CONFIG_FILENAME,
     INPUT_NAME,
     OUTPUT_NAME,
+    check_config_replaceable,
     check_model_name,
+    existing_versions,
     render_config,
     write_file_atomic,
     write_model_version,
@@ -191,6 +194,10 @@ def convert(
             max_queue_delay_us=max_queue_delay_us,
             parameters={ENV_ID_KEY: known} if known else None,
         )
+        # What would stop the write stops the conversion before the export's minutes:
+        # a hand-edited config, a version directory that is no ASCII number.
+        existing_versions(os.path.join(repository, name))
+        check_config_replaceable(os.path.join(repository, name, CONFIG_FILENAME), config_text, force=force)
     model_bytes = export_onnx(q_function).SerializeToString()
     max_abs_diff = verify(model_bytes, q_function, observation_samples(game))
     if out is not None:

@@ -25,12 +25,31 @@ from atari_trtis_demo.model_repository import CONFIG_FILENAME, DEFAULT_FILENAMES
 
 TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")
 TWIN_FILENAME = DEFAULT_FILENAMES["python"]
-# The python-backend twin's max_batch_size as Triton sees it (see twin_config).
-TWIN_BATCH_LIMIT = 2**24
+# How many times the model's max_batch_size Triton may put into one execution of the twin.
+# Until this step the twin declared 2**24, and a stream flood made batches of 8,000-18,000
+# (8 GB). 4 rather than 1: under a flood on 2 shared cores, fewer, larger executions (fewer
+# wake-ups of the stub process) drained the backlog within 5 s of the flood's end where 1
+# often did not (docs/serving.md, "A stream flood"). The twin still runs onnxruntime on at
+# most the model's limit at once and refuses any request larger than it.
+TWIN_BATCH_FACTOR = 4
+# The twin's onnxruntime session (triton_twin_model.session_options). onnxruntime's
+# intra-op threads spin-wait after each run by default: in a server that shares its
+# cores with the players this burnt most of the server's CPU waiting. One intra-op
+# thread, no spinning: measured in docs/benchmarks.md ("The twin's onnxruntime threads").
+ORT_SETTINGS = {"ort_intra_op_threads": "1", "ort_allow_spinning": "0"}
+
+
+def _dims(values: object) -> str:
+    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"  # type: ignore[union-attr]
 
 
 def twin_config(model: RepositoryModel) -> str:
-    """The python-backend config of an onnxruntime model: same tensors, batching, instances on the CPU."""
+    """The python-backend config of an onnxruntime model: same tensors, batching, instances on the CPU.
+
+    Each input is reshaped to carry a leading 1 after the batch dimension, so that one
+    client cannot fail another's requests (docs/serving.md, "One server, many clients");
+    ``max_batch_size`` is a small multiple of the model's own (:data:`TWIN_BATCH_FACTOR`).
+    """
     twin = pb.ModelConfig()
     twin.CopyFrom(model.config)
     twin.platform = ""
@@ -40,20 +59,56 @@ def twin_config(model: RepositoryModel) -> str:
         # The python backend would ask for a GPU it does not use; onnxruntime runs on the CPU here.
         group.kind = pb.ModelInstanceGroup.KIND_CPU
         del group.gpus[:]
-    if twin.max_batch_size > 0:
-        # Triton 2.51's python backend sums the first dimension of every request in an
-        # execution and fails them all when the sum passes max_batch_size. A request
-        # whose declared batch overflows (2**62) reaches it with the batch dimension
-        # stripped, counting 4 (the frame stack), while the dynamic batcher counted it
-        # as 0: one such request in a batch failed its batch mates. The twin gets a
-        # limit no real batch reaches; it enforces the model's own per request, and
-        # never runs onnxruntime on more than that at once.
-        twin.max_batch_size = TWIN_BATCH_LIMIT
     # The model's own parameters (its game, "env_id") are copied above and reach clients
-    # through Triton's ModelConfig; these two tell the twin what to run.
+    # through Triton's ModelConfig; these tell the twin what to run.
     twin.parameters["onnx_file"].string_value = model.config.default_model_filename or MODEL_FILENAME
     twin.parameters["max_batch_size"].string_value = str(model.config.max_batch_size)
-    return text_format.MessageToString(twin)
+    # Triton may merge up to TWIN_BATCH_FACTOR times the model's limit into one execution;
+    # the twin runs onnxruntime on at most the model's limit at once and refuses larger requests.
+    twin.max_batch_size = model.config.max_batch_size * TWIN_BATCH_FACTOR
+    for key, value in ORT_SETTINGS.items():
+        twin.parameters[key].string_value = value
+    # The project's protobuf subset has no reshape or queue policy: those blocks are written here as text.
+    inputs, batching = list(twin.input), twin.dynamic_batching if twin.HasField("dynamic_batching") else None
+    del twin.input[:]
+    twin.ClearField("dynamic_batching")
+    text = text_format.MessageToString(twin)
+    for tensor in inputs:
+        text += f"input {{\n  name: {_quoted(tensor.name)}\n  data_type: {pb.DataType.Name(tensor.data_type)}\n"
+        text += f"  dims: {_dims(tensor.dims)}\n"
+        if twin.max_batch_size > 0:
+            # Triton 2.51 keeps a request's batch size in 32 bits: a declared batch of 2**62
+            # (or 2**32) becomes 0, and the request reaches the backend without its batch
+            # dimension. The dynamic batcher counts it as 1, but the python backend sums the
+            # first dimension of every request of an execution, counted 4 (the frame stack)
+            # for it, and failed the whole batch once that sum passed max_batch_size. With
+            # this reshape the first dimension such a request shows is this 1, the batcher's
+            # and the backend's sums agree, and the twin, not the backend, refuses it alone
+            # (its shape lacks the batch dimension). Well-formed requests arrive as
+            # [n, 1, *dims] and are run as [n, *dims]: the same bytes, no copy.
+            text += f"  reshape {{ shape: {_dims([1, *tensor.dims])} }}\n"
+        text += "}\n"
+    if batching is not None:
+        text += _batching_text(batching)
+    return text
+
+
+def _quoted(value: str) -> str:
+    return text_format.MessageToString(pb.ModelInput(name=value)).strip().split(":", 1)[1].strip()
+
+
+def _batching_text(batching: pb.ModelDynamicBatching) -> str:
+    """The model's dynamic batching as config text.
+
+    No queue policy: a bounded queue (max_queue_size) let a flood take every free slot and
+    the players' requests were refused; it did not bound memory either (docs/serving.md,
+    "A stream flood").
+    """
+    lines = [f"  preferred_batch_size: {size}" for size in batching.preferred_batch_size]
+    lines.append(f"  max_queue_delay_microseconds: {batching.max_queue_delay_microseconds}")
+    if batching.preserve_ordering:
+        lines.append("  preserve_ordering: true")
+    return "dynamic_batching {\n" + "\n".join(lines) + "\n}\n"
 
 
 def prepare_twin_repository(models: list[RepositoryModel], into: Path) -> Path:

@@ -48,20 +48,51 @@ def error_response(message, code_name="INVALID_ARG"):
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def session_options(config):
+    """onnxruntime options for a server sharing its cores with its players (and other instances).
+
+    By default onnxruntime's intra-op threads spin-wait after each run, burning a core
+    between requests that a player or Triton's frontend needs. serve writes the settings
+    as config parameters (triton_twin.ORT_SETTINGS: measured there, docs/benchmarks.md).
+    """
+    parameters = config.get("parameters", {})
+
+    def setting(key, default):
+        return parameters.get(key, {}).get("string_value", default)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(setting("ort_intra_op_threads", "1"))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    spinning = setting("ort_allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return options
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         onnx_file = config["parameters"]["onnx_file"]["string_value"]
         path = os.path.join(args["model_repository"], args["model_version"], onnx_file)
-        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(path, session_options(config), providers=["CPUExecutionProvider"])
         self.model_name = config["name"]
-        # The model's own limit: serve gives Triton a far larger one for the twin (see
-        # triton_twin.twin_config), so that only this model, per request, refuses a batch.
+        # The model's own limit. Triton's for the twin is a small multiple of it (see
+        # triton_twin.TWIN_BATCH_FACTOR): Triton merges up to that many stacks into one
+        # execute; each request is held to the model's limit here, and onnxruntime never
+        # runs more than it at once.
         self.max_batch_size = int(config["parameters"]["max_batch_size"]["string_value"])
         # name -> (dims without the batch dimension, numpy dtype, KServe datatype)
         self.inputs = {
             tensor["name"]: ([int(d) for d in tensor["dims"]], *DATA_TYPES[tensor["data_type"]])
             for tensor in config["input"]
+        }
+        # serve reshapes each input to [1, *dims] (triton_twin.twin_config) so that a
+        # request whose declared batch Triton truncated to 0 shows a first dimension of 1,
+        # not 4, to the python backend's batch sum. Such a request arrives as [1, *dims]
+        # and well-formed ones as [n, 1, *dims]: the extra 1 is dropped here.
+        self.reshaped = {
+            tensor["name"]: bool(self.max_batch_size and tensor.get("reshape")) for tensor in config["input"]
         }
         self.output_names = [tensor["name"] for tensor in config["output"]]
 
@@ -73,6 +104,10 @@ class TritonPythonModel:
             if tensor is None:
                 raise BadRequest(f"input '{name}' is missing")
             shape = [int(d) for d in tensor.shape()]
+            if self.reshaped[name]:
+                # Back to the shape the client sent: [n, 1, *dims] -> [n, *dims], and a
+                # batch-less [1, *dims] -> [*dims] (the declared batch was lost).
+                shape = shape[:1] + shape[2:] if len(shape) == len(dims) + 2 and shape[1] == 1 else shape[1:]
             dims_text = ", ".join(map(str, dims))
             if self.max_batch_size:
                 ok = len(shape) == len(dims) + 1 and shape[1:] == dims and 1 <= shape[0] <= self.max_batch_size
@@ -86,6 +121,7 @@ class TritonPythonModel:
                 raise BadRequest(f"input '{name}': expected {datatype}, got {array.dtype}")
             if array.size != int(np.prod(shape, dtype=np.int64)):
                 raise BadRequest(f"input '{name}': {array.nbytes} bytes do not fill shape {shape} {datatype}")
+            array = array.reshape(shape)  # a view: drops the reshape's 1
             n = shape[0] if self.max_batch_size else None
             if arrays and n != batch:
                 raise BadRequest(f"input '{name}': batch {n} differs from the other inputs' {batch}")

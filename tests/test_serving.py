@@ -40,6 +40,7 @@ from atari_trtis_demo.inference_client import (
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.serve import processes_using, read_repository
+from atari_trtis_demo.triton_twin import TWIN_BATCH_FACTOR
 
 
 def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
@@ -71,7 +72,7 @@ def test_official_client_sees_the_model_and_gets_onnxruntime_answers(server, rep
     config = client.get_model_config(name).config
     assert config.HasField("dynamic_batching")
     # The python-backend twin keeps the model's limit as a parameter (see triton_twin.twin_config).
-    assert config.parameters["max_batch_size"].string_value == "8" and config.max_batch_size > 8
+    assert config.parameters["max_batch_size"].string_value == "8" and config.max_batch_size == 8 * TWIN_BATCH_FACTOR
     for batch in (1, 7):
         frames = frames_batch(batch, seed=batch)
         tensor = triton.InferInput("input", list(frames.shape), "FP32")
