@@ -23,6 +23,7 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import os
 import re
@@ -54,7 +55,29 @@ KEY_HEADER = "atari-demo-key"
 TRITON_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER
 # A restarted server should be found again within about a second, not after gRPC's
 # default backoff of up to two minutes.
+# serve closes every connection after 2 s (a stream flood cannot hold the server): a call
+# that races the close fails UNAVAILABLE before the server saw it. gRPC retries such a call
+# (inference is idempotent) a few times within 0.1 s; a server that is really away still
+# fails at once, as before, after those retries.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", RETRY_SERVICE_CONFIG),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),

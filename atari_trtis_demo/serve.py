@@ -58,6 +58,10 @@ from atari_trtis_demo.triton_workdir import (
     processes_using,  # noqa: F401 - re-exported: tests/test_serving.py
 )
 
+# Every gRPC connection is closed after this long (see start_server): what one unread stream can hold.
+GRPC_CONNECTION_AGE_MS = 1000
+GRPC_CONNECTION_AGE_GRACE_MS = 500
+
 
 def check_port_numbers(ports: dict[str, int]) -> None:
     """Every port in range and distinct; ``ports`` maps each flag (``--grpc-port``...) to its port."""
@@ -152,6 +156,14 @@ def start_server(
             # In-flight requests get 2 s at SIGTERM: serve kills the rest at 3 s.
             "--exit-timeout-secs=2",
             f"--log-verbose={log_verbose}",
+            # Triton keeps every streamed request until its answer is written, and a client
+            # that never reads lets none be written: one unread ModelStreamInfer stream grew
+            # tritonserver past 3 GB in 10 s. Closing every connection after 2 s (1 s of grace
+            # for calls in flight) bounds what one connection can hold; players reconnect at
+            # once and retry the rare call cut by the close (inference_client.CHANNEL_OPTIONS).
+            # Figures: docs/serving.md, "A stream flood".
+            f"--grpc-max-connection-age={GRPC_CONNECTION_AGE_MS}",
+            f"--grpc-max-connection-age-grace={GRPC_CONNECTION_AGE_GRACE_MS}",
             *tls_flags,
             *access.triton_flags(),
         ]
