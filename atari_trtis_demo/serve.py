@@ -244,11 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Serve a Triton model repository with a real tritonserver on this machine.")
     p.add_argument("--model-repository", required=True, help="the repository, e.g. trtismodel")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server)")
-    p.add_argument("--http-port", type=port, default=8000)
-    p.add_argument("--grpc-port", type=port, default=8001)
-    p.add_argument("--metrics-port", type=port, default=8002)
-    p.add_argument("--backend-directory", default=None, help="Triton backends with onnxruntime: serve as is")
-    p.add_argument("--log-verbose", type=int_in(0, 3), default=0)
+    p.add_argument("--http-port", type=port, default=8000, help="Triton's HTTP/REST port")
+    p.add_argument("--grpc-port", type=port, default=8001, help="Triton's gRPC port, the players' --port")
+    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics port")
+    p.add_argument(
+        "--backend-directory",
+        default=None,
+        help="Triton backends with onnxruntime: serve as is (default: the python-backend twin)",
+    )
+    p.add_argument("--log-verbose", type=int_in(0, 3), default=0, help="Triton's log detail, 0-3")
     p.add_argument("--ready-timeout", type=float_in(0, low_open=True), default=120.0, help="seconds")
     return p
 

@@ -33,17 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int_in(-1), default=0, help="GPU to use, -1 for the CPU")
     p.add_argument("--demo", action="store_true", default=False, help="only evaluate the (loaded) agent")
     p.add_argument("--load-pretrained", action="store_true", default=False, help="start from ChainerRL's model zoo")
-    p.add_argument("--pretrained-type", type=str, default="best", choices=["best", "final"])
-    p.add_argument("--load", type=str, default=None, help="agent directory to start from")
+    p.add_argument(
+        "--pretrained-type",
+        type=str,
+        default="best",
+        choices=["best", "final"],
+        help="with --load-pretrained: the zoo's best evaluated agent or its final one",
+    )
+    p.add_argument("--load", type=str, default=None, help="agent directory to start from (default: a new agent)")
     p.add_argument("--logging-level", type=int_in(0, 50), default=20, help="level of log.txt: 10 DEBUG, 20 INFO, ...")
     p.add_argument("--steps", type=int_in(1), default=5 * 10**7, help="total agent steps (4 frames each)")
     # ChainerRL asserts that the replay start size covers one minibatch (32).
     p.add_argument(
         "--replay-start-size", type=int_in(32), default=5 * 10**4, help="transitions before updates start (>= 32)"
     )
-    p.add_argument("--eval-n-steps", type=int_in(1), default=125000)
-    p.add_argument("--eval-interval", type=int_in(1), default=250000)
-    p.add_argument("--n-best-episodes", type=int_in(1), default=30)
+    p.add_argument("--eval-n-steps", type=int_in(1), default=125000, help="agent steps per evaluation")
+    p.add_argument("--eval-interval", type=int_in(1), default=250000, help="training steps between evaluations")
+    p.add_argument(
+        "--n-best-episodes", type=int_in(1), default=30, help="episodes the best agent is scored on at the end"
+    )
     # This project's additions.
     p.add_argument(
         "--checkpoint-freq", type=int_in(0), default=250000, help="save a resumable checkpoint every N steps (0: none)"
