@@ -41,6 +41,12 @@ def add_play_flags(p: argparse.ArgumentParser) -> None:
         help="seeds the emulator, the no-op starts and the random actions",
     )
     p.add_argument("--epsilon", type=float_in(0, 1), default=0.05, help="fraction of random actions, as the original")
+    p.add_argument(
+        "--fire-on-life-loss",
+        action="store_true",
+        help="press FIRE at the start and after each lost life, so that a barely trained agent's Breakout serves "
+        "(an action override, not preprocessing; see docs/deviations.md)",
+    )
     p.add_argument("--record", type=output_file, default=None, help="write the gameplay to FILE.gif (or .mp4)")
     p.add_argument("--screenshot", type=output_file, default=None, help="save the last window image to FILE.png")
     p.add_argument("--json", type=output_file, default=None, help="write the statistics to FILE.json")
@@ -51,6 +57,10 @@ def play_config(args: argparse.Namespace):  # -> PlayConfig
     from atari_trtis_demo.screen import check_record_path
 
     check_record_path(args.record)
+    if args.fire_on_life_loss:  # read by envs.make_env for every game this process plays
+        from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE
+
+        os.environ[FIRE_ON_LIFE_LOSS_VARIABLE] = "1"
     return PlayConfig(
         env_id=args.env,
         episodes=args.episodes,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atari_trtis_demo.cli_args import ArgumentParser, int_in
-from atari_trtis_demo.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
+from atari_trtis_demo.envs import DEFAULT_ENV_ID, EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.game_id import recorded_env_id
 from atari_trtis_demo.gpu import check_gpu
@@ -108,11 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        train(agent, train_env, eval_env, args, outdir, start)
+        evaluator = train(agent, train_env, eval_env, args, outdir, start)
     except KeyboardInterrupt:
         print(f"\nInterrupted at step {agent.t:,}: {where_saved(outdir)}", file=sys.stderr)
         return 130
-    final_evaluation(agent, eval_env, args, outdir)
+    final_evaluation(agent, eval_env, args, outdir, best=(evaluator.best_step, evaluator.best_score))
     return 0
 
 
@@ -207,11 +207,11 @@ def start_run(args: argparse.Namespace, argv: list[str]) -> str:
 
 def train(
     agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str, start: Start
-) -> None:
-    """ChainerRL's training loop with evaluations, checkpoints and the progress line."""
+) -> Any:
+    """ChainerRL's training loop with evaluations, checkpoints and the progress line; its evaluator."""
     from atari_trtis_demo.training import train_with_evaluation
 
-    train_with_evaluation(
+    return train_with_evaluation(
         agent,
         train_env,
         eval_env,
@@ -234,8 +234,18 @@ def where_saved(outdir: str) -> str:
     return f"the agent is saved in {saved[-1]}; continue with --resume {saved[-1]}" if saved else "nothing saved"
 
 
-def final_evaluation(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str) -> None:
-    """Score the best agent (or the final one, if no evaluation ran) into ``bestscores.json``."""
+def final_evaluation(
+    agent: Any,
+    eval_env: OldGymAPI,
+    args: argparse.Namespace,
+    outdir: str,
+    best: tuple[int | None, float | None] = (None, None),
+) -> None:
+    """Score the best agent (or the final one, if no evaluation ran) into ``bestscores.json``.
+
+    ``best``: the step and mean score of the evaluation that saved ``best/``. The summary
+    names it and, when the new episodes score otherwise, says why: they are other games.
+    """
     from chainerrl.experiments.evaluator import eval_performance
 
     from atari_trtis_demo.agent import load_agent
@@ -255,9 +265,24 @@ def final_evaluation(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace, 
     )
     with open(os.path.join(outdir, "bestscores.json"), "w") as f:
         json.dump(stats, f)
-    print("The results of the best scoring network:")
+    best_step, best_score = best
+    episodes = f"{args.n_best_episodes} new episode{'s' if args.n_best_episodes != 1 else ''}"
+    if best_step is None or best_score is None:
+        print(f"The results of the best scoring network ({best_dir}, on {episodes}):")
+    else:
+        print(
+            f"The results of the best scoring network (best/: the agent of the evaluation at step {best_step:,}, "
+            f"mean score {best_score:.2f} there), scored again on {episodes}:"
+        )
     for key, value in stats.items():
         print(f"{key}:{value}")
+    if best_score is not None and f"{stats['mean']:.2f}" != f"{best_score:.2f}":
+        # A barely trained agent's score varies from game to game; the two figures are two samples.
+        print(
+            f"(not the {best_score:.2f} of its evaluation at step {best_step:,}: these are other games, with other "
+            f"no-op starts and {EVAL_EPSILON:.0%} random actions; --n-best-episodes (default 30) sets how many "
+            "are averaged here)"
+        )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

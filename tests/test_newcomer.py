@@ -4,7 +4,6 @@ a game that serves by itself, recordings that keep their pixels, a training summ
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -52,3 +51,142 @@ def test_every_flag_has_help_and_defaults_are_shown(name):
 def test_serve_help_names_the_command_as_run():
     result = run_command(SERVE, "--help", timeout=120)
     assert result.stdout.startswith("usage: python -m atari_trtis_demo.serve "), result.stdout[:200]
+
+
+# --- a tiny real training run, shared: its output (banners, summary) and its agent (client install, play) ---
+
+BANNERS = ("A.L.E: Arcade Learning Environment", "Powered by Stella", "unmaintained", "Hello from the pygame")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real 300-step training run with two evaluations: (finished process, run directory)."""
+    out = tmp_path_factory.mktemp("tiny") / "results"
+    flags = "--gpu -1 --steps 300 --replay-start-size 100 --eval-interval 150 --eval-n-steps 200 --n-best-episodes 1"
+    flags += " --checkpoint-freq 0 --final-exploration-steps 200 --seed 3"
+    result = run_command(TRAIN, "--outdir", str(out), *flags.split(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = out.iterdir()
+    return result, run_dir
+
+
+def test_training_prints_no_banner(tiny_run):
+    result, _ = tiny_run
+    for banner in BANNERS:
+        assert banner not in result.stdout + result.stderr, (banner, result.stderr[:2000])
+
+
+def test_local_play_prints_no_banner_and_each_line_once(tiny_run, tmp_path):
+    _, run_dir = tiny_run
+    result = run_command(STANDALONE, "--modelpath", str(run_dir / "best"), "--headless", "--fps", "0",
+                         "--max-steps", "30", timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for banner in BANNERS:
+        assert banner not in result.stdout + result.stderr, (banner, result.stderr)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), lines
+
+
+def test_end_of_training_summary_names_the_evaluation_it_differs_from(tiny_run):
+    result, run_dir = tiny_run
+    evaluations = re.findall(r"evaluation at step ([\d,]+): mean score ([\d.]+) \(new best", result.stderr)
+    assert evaluations, result.stderr
+    step, score = evaluations[-1]  # the last new best is the agent in best/
+    summary = result.stdout.splitlines()
+    assert f"the agent of the evaluation at step {step}, mean score {score} there" in summary[0], summary
+    mean = float(next(line for line in summary if line.startswith("mean:")).split(":", 1)[1])
+    if f"{mean:.2f}" != score:  # then it says why the figures differ
+        assert f"(not the {score} of its evaluation at step {step}: these are other games" in result.stdout
+
+
+# --- a client install: the Chainer commands say what to install, in one line ---
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("train", ["atari-train", "--gpu", "-1", "--outdir", "{tmp}/results", "--steps", "100"]),
+        ("convert", ["atari-convert", "--model", "{agent}", "--repository", "{tmp}/repo"]),
+        ("play_local", ["atari-play-local", "--modelpath", "{agent}", "--headless", "--max-steps", "5"]),
+    ],
+)
+def test_client_install_chainer_commands_say_what_to_install(tiny_run, tmp_path, script, argv):
+    from tests.helpers import one_error_line, run_python_without
+
+    _, run_dir = tiny_run
+    argv = [a.format(tmp=tmp_path, agent=run_dir / "best") for a in argv]
+    code = f"sys.argv = {argv!r}\nfrom atari_trtis_demo.console import {script}\n{script}()\n"
+    result = run_python_without(code, modules=("chainer", "chainerrl", "onnx_chainer"))
+    line = one_error_line(result, "./setup.sh", alone=True)
+    assert "client install" in line or "not --client" in line, line
+    assert not (tmp_path / "results").exists() and not (tmp_path / "repo").exists()
+
+
+# --- the model zoo offline: the error names the variable that points at a mirror ---
+
+
+def test_pretrained_download_error_names_the_mirror_variable(tmp_path):
+    from tests.helpers import free_ports, one_error_line
+
+    (closed,) = free_ports(1)  # nothing listens there: the download fails as offline
+    result = run_command(CONVERTER, "--pretrained", "PongNoFrameskip-v4", cwd=tmp_path, timeout=300,
+                         env={"ATARI_DEMO_MODEL_ZOO_URL": f"http://127.0.0.1:{closed}/",
+                              "CHAINER_DATASET_ROOT": str(tmp_path / "cache")})  # fmt: skip
+    one_error_line(result, "--pretrained: cannot download", "ATARI_DEMO_MODEL_ZOO_URL")
+
+
+# --- a game that serves by itself: FIRE after each lost life (real ALE) ---
+
+
+def ball_visible(rgb) -> bool:
+    """Breakout's ball between the bricks and the paddle (rows 93-187, inside the walls)."""
+    return bool((rgb[93:188, 8:152].sum(axis=2) > 0).any())
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_fire_on_life_loss_serves_after_every_lost_life(how, monkeypatch):
+    from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE, FireOnLifeLoss, find_wrapper, make_env
+
+    if how == "environment":
+        monkeypatch.setenv(FIRE_ON_LIFE_LOSS_VARIABLE, "1")
+        env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0)
+    else:
+        env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=True)
+    env.reset(seed=0)
+    wrapper, ale = find_wrapper(env, FireOnLifeLoss), env.unwrapped.ale
+    fire = env.unwrapped.get_action_meanings().index("FIRE")
+    lives, fired_at, visible, steps = ale.lives(), [0], 0, 0
+    while True:  # the agent only moves right or stands: it never presses FIRE itself
+        before = ale.getEpisodeFrameNumber()
+        _, _, terminated, truncated, _ = env.step(2 if steps % 2 else 0)
+        steps += 1
+        visible += ball_visible(ale.getScreenRGB())
+        if ale.lives() < lives:
+            fired_at.append(steps)  # the next step is the override
+            lives = ale.lives()
+        assert ale.getEpisodeFrameNumber() > before
+        if terminated or truncated or steps > 2000:
+            break
+    # Every life was served and lost: the game ended, having pressed FIRE at the start and after each of
+    # the first four lost lives (the fifth ends the game).
+    assert terminated and ale.lives() == 0, (steps, ale.lives())
+    assert wrapper.fired == 5 and fire == 1
+    assert visible > steps / 2, (visible, steps)  # the ball is in play in most steps
+
+
+def test_without_the_option_a_game_that_never_fires_stands_still():
+    from atari_trtis_demo.envs import FireOnLifeLoss, find_wrapper, make_env
+
+    env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=False)
+    env.reset(seed=0)
+    assert find_wrapper(env, FireOnLifeLoss) is None
+    ale = env.unwrapped.ale
+    visible = sum(ball_visible(ale.getScreenRGB()) for _ in range(200) if env.step(0) is not None)
+    assert visible == 0 and ale.lives() == 5
+
+
+def test_training_never_fires_for_the_agent(monkeypatch):
+    from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE, FireOnLifeLoss, find_wrapper, make_env
+
+    monkeypatch.setenv(FIRE_ON_LIFE_LOSS_VARIABLE, "1")
+    assert find_wrapper(make_env("BreakoutNoFrameskip-v4", train=True), FireOnLifeLoss) is None
