@@ -190,3 +190,32 @@ def test_training_never_fires_for_the_agent(monkeypatch):
 
     monkeypatch.setenv(FIRE_ON_LIFE_LOSS_VARIABLE, "1")
     assert find_wrapper(make_env("BreakoutNoFrameskip-v4", train=True), FireOnLifeLoss) is None
+
+
+# --- mp4 recordings keep the window's pixels ---
+
+
+def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_path):
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from atari_trtis_demo.screen import RECORD_EVERY
+
+    _, run_dir = tiny_run
+    video, shot = tmp_path / "play.mp4", tmp_path / "last.png"
+    play = ["--modelpath", str(run_dir / "best"), "--headless", "--fps", "0", "--max-steps", "40"]
+    result = run_command(STANDALONE, *play, "--record", str(video), "--screenshot", str(shot), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resiz" not in result.stderr.lower(), result.stderr  # imageio's "resizing from (480, 630)" warning
+    reader = imageio.get_reader(str(video))
+    frames = [np.asarray(f, dtype=int) for f in reader]
+    fps = reader.get_meta_data()["fps"]
+    reader.close()
+    window = np.asarray(imageio.imread(str(shot)))[:, :, :3].astype(int)  # 630 x 480 at the default scale 3
+    assert window.shape == (630, 480, 3)
+    # One frame every RECORD_EVERY agent steps, played at 15 agent steps/s: the Atari's own pace.
+    assert len(frames) == 40 // RECORD_EVERY and fps == 15 / RECORD_EVERY
+    # 630 rows padded with 10 black rows to 640, never stretched: the window's pixels, row for row.
+    assert frames[-1].shape == (640, 480, 3)
+    assert frames[-1][630:].mean() < 2
+    assert np.abs(frames[-1][:630] - window).mean() < 2.5  # codec noise only; a stretched frame differs by ~5
