@@ -219,3 +219,34 @@ def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_pat
     assert frames[-1].shape == (640, 480, 3)
     assert frames[-1][630:].mean() < 2
     assert np.abs(frames[-1][:630] - window).mean() < 2.5  # codec noise only; a stretched frame differs by ~5
+
+
+# --- the grid window fits the screen, with gaps and readable labels ---
+
+
+@pytest.mark.parametrize("n", [4, 16, 30, 64])
+def test_grid_window_fits_the_display_with_gaps_and_readable_labels(n, monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # a real display surface; SDL's dummy screen is 1024x768
+    from atari_trtis_demo.grid_screen import GAP, LABEL_HEIGHT, SCREEN_MARGIN, GridScreen
+
+    screen = GridScreen("fit", n, scale=3)
+    try:
+        desktop_w, desktop_h = screen.pygame.display.get_desktop_sizes()[0]
+        width, height = screen.surface.get_size()
+        assert (width, height) == screen.window_size()
+        assert width <= desktop_w - SCREEN_MARGIN[0] and height <= desktop_h - SCREEN_MARGIN[1], (width, height)
+        cw, ch = screen.cell_size
+        for i, (x, y) in enumerate(screen.cells):
+            assert x >= 0 and y >= LABEL_HEIGHT and x + cw <= width and y + ch <= height - screen.bar_height
+            for x2, y2 in screen.cells[i + 1 :]:  # apart by at least GAP, label strips included
+                assert x2 >= x + cw + GAP or y2 >= y + ch + GAP + LABEL_HEIGHT or x2 + cw + GAP <= x, (x, y, x2, y2)
+        assert screen.cell_font.get_linesize() >= 16  # about the overlay's size, at any cell scale
+    finally:
+        screen.pygame.quit()
+
+
+def test_grid_of_16_fits_a_1280_px_screen():
+    from atari_trtis_demo.grid_screen import GridScreen
+
+    screen = GridScreen("fit", 16, scale=3, headless=True, screenshot="unused.png", max_size=(1280 - 16, 800 - 120))
+    assert screen.window_size()[0] <= 1280 - 16 and screen.window_size()[1] <= 800 - 120
