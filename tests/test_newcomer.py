@@ -3,11 +3,14 @@ a game that serves by itself, recordings that keep their pixels, a training summ
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 
+import numpy as np
 import pytest
 
-from tests.helpers import CONVERTER, REMOTE, SERVE, STANDALONE, TRAIN, run_command
+from tests.helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, run_command
 
 COMMANDS = {"train": TRAIN, "convert": CONVERTER, "serve": SERVE, "play": REMOTE, "play-local": STANDALONE}
 # An option line of argparse's help: two spaces, the flags, then (on the same line or the next, indented) the help.
@@ -197,7 +200,6 @@ def test_training_never_fires_for_the_agent(monkeypatch):
 
 def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_path):
     import imageio.v2 as imageio
-    import numpy as np
 
     from atari_trtis_demo.screen import RECORD_EVERY
 
@@ -250,3 +252,64 @@ def test_grid_of_16_fits_a_1280_px_screen():
 
     screen = GridScreen("fit", 16, scale=3, headless=True, screenshot="unused.png", max_size=(1280 - 16, 800 - 120))
     assert screen.window_size()[0] <= 1280 - 16 and screen.window_size()[1] <= 800 - 120
+
+
+# --- demo.sh: a taken port never costs a training run ---
+
+DEMO = ROOT / "demo.sh"
+
+
+def run_demo(tmp_path, timeout: float, **knobs: str):
+    import subprocess
+
+    from tests.helpers import command_env
+
+    env = command_env({"DEMO_OUT": str(tmp_path / "demo"), "DEMO_SETUP": "0", **knobs})
+    return subprocess.run(["bash", str(DEMO)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@contextlib.contextmanager
+def port_taken(port: int):
+    """A listening socket on 127.0.0.1:``port`` (or the port is taken already, by something else)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            pass  # taken already: just as good
+        yield
+
+
+def test_demo_port_taken_stops_before_training_naming_demo_port(tmp_path):
+    with port_taken(18500):
+        result = run_demo(tmp_path, timeout=120, DEMO_PORT="18499")
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "DEMO_PORT=18499" in errors[0] and "18499-18501 is taken" in errors[0], result.stderr
+    assert "training" not in result.stdout and not (tmp_path / "demo" / "results").exists()
+
+
+def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(tmp_path):
+    from atari_trtis_demo.envs import DEFAULT_ENV_ID
+
+    with port_taken(18000):
+        result = run_demo(tmp_path, timeout=900, DEMO_STEPS="200", DEMO_PLAY_STEPS="60")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ports 18000-18002: one is taken; the server will use" in result.stdout
+    out = tmp_path / "demo"
+    (run_dir,) = (out / "results").iterdir()
+    tail = result.stdout[result.stdout.index("To watch this agent play in a window") :]
+    # The exact commands, with this demo's model repository and agent, not the README's trtismodel/.
+    assert f".venv/bin/python -m atari_trtis_demo.serve --model-repository {out}/trtismodel\n" in tail
+    assert ".venv/bin/python src/app.py --host 127.0.0.1 --port 8001 --fire-on-life-loss\n" in tail
+    assert f".venv/bin/python standalone_src/app.py --modelpath {run_dir}/200_finish --fire-on-life-loss" in tail
+    assert f'string_value: "{DEFAULT_ENV_ID}"' in (out / "trtismodel" / "atari" / "config.pbtxt").read_text()
+    # The recorded game serves after each lost life: the ball is in play in most frames.
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(str(out / "gameplay.gif"))
+    visible = [bool((np.asarray(f)[93 * 3 : 188 * 3, 8 * 3 : 152 * 3, :3].astype(int).sum(axis=2) > 120).any())
+               for f in frames]  # fmt: skip
+    assert sum(visible) > len(frames) / 2, (sum(visible), len(frames))
+    for banner in BANNERS:
+        assert banner not in result.stdout + result.stderr, banner
