@@ -9,8 +9,7 @@ import socket
 
 import numpy as np
 import pytest
-
-from tests.helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, run_command
+from helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, run_command
 
 COMMANDS = {"train": TRAIN, "convert": CONVERTER, "serve": SERVE, "play": REMOTE, "play-local": STANDALONE}
 # An option line of argparse's help: two spaces, the flags, then (on the same line or the next, indented) the help.
@@ -114,7 +113,7 @@ def test_end_of_training_summary_names_the_evaluation_it_differs_from(tiny_run):
     ],
 )
 def test_client_install_chainer_commands_say_what_to_install(tiny_run, tmp_path, script, argv):
-    from tests.helpers import one_error_line, run_python_without
+    from helpers import one_error_line, run_python_without
 
     _, run_dir = tiny_run
     argv = [a.format(tmp=tmp_path, agent=run_dir / "best") for a in argv]
@@ -129,7 +128,7 @@ def test_client_install_chainer_commands_say_what_to_install(tiny_run, tmp_path,
 
 
 def test_pretrained_download_error_names_the_mirror_variable(tmp_path):
-    from tests.helpers import free_ports, one_error_line
+    from helpers import free_ports, one_error_line
 
     (closed,) = free_ports(1)  # nothing listens there: the download fails as offline
     result = run_command(CONVERTER, "--pretrained", "PongNoFrameskip-v4", cwd=tmp_path, timeout=300,
@@ -262,7 +261,7 @@ DEMO = ROOT / "demo.sh"
 def run_demo(tmp_path, timeout: float, **knobs: str):
     import subprocess
 
-    from tests.helpers import command_env
+    from helpers import command_env
 
     env = command_env({"DEMO_OUT": str(tmp_path / "demo"), "DEMO_SETUP": "0", **knobs})
     return subprocess.run(["bash", str(DEMO)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
