@@ -85,6 +85,14 @@ class Start:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train; without Chainer (a client install) one ``error:`` line says what to install."""
+    from atari_trtis_demo.console import needs_server_install
+
+    # Also for train_src/train_dqn.py, which runs this main directly (atari-train goes through console.train).
+    return needs_server_install(os.path.basename(sys.argv[0]) or "train_dqn.py", lambda: _main(argv))() or 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     check_args(args)

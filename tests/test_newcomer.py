@@ -312,3 +312,12 @@ def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(t
     assert sum(visible) > len(frames) / 2, (sum(visible), len(frames))
     for banner in BANNERS:
         assert banner not in result.stdout + result.stderr, banner
+
+
+def test_client_install_train_script_says_what_to_install(tmp_path):
+    from helpers import one_error_line, run_python_without
+
+    argv = [str(TRAIN), "--gpu", "-1", "--outdir", str(tmp_path / "results"), "--steps", "100"]
+    code = f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({str(TRAIN)!r}, run_name='__main__')\n"
+    line = one_error_line(run_python_without(code), "train_dqn.py needs", "./setup.sh", alone=True)
+    assert "client install" in line and not (tmp_path / "results").exists()
