@@ -206,6 +206,43 @@ class RandomizeAction(gym.ActionWrapper):
         return action
 
 
+class FireOnLifeLoss(gym.Wrapper):
+    """Play-time option: press FIRE as the first action of a game and after each lost life.
+
+    In Breakout (and other games that wait for FIRE to serve) a barely trained agent
+    rarely presses FIRE, and its game stands still with no ball until a random action
+    happens to be FIRE. This replaces the agent's action by FIRE once at each of those
+    moments. It is an action override, not preprocessing: the frames the model sees are
+    unchanged, so training and play still see the same pixels. Games without a FIRE
+    action are left alone. ``fired`` counts the overrides.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        meanings = env.unwrapped.get_action_meanings()
+        self.fire_action: int | None = meanings.index("FIRE") if "FIRE" in meanings else None
+        self.lives = 0
+        self.pending = False
+        self.fired = 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        self.lives = self.unwrapped.ale.lives()
+        self.pending = self.fire_action is not None
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
+        if self.pending:
+            action, self.pending = self.fire_action, False
+            self.fired += 1
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.unwrapped.ale.lives()
+        if lives < self.lives and self.fire_action is not None:
+            self.pending = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+
 class GameScore(gym.Wrapper):
     """Records the raw score and length of whole games (not lives), before clipping.
 

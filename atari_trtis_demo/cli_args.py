@@ -17,7 +17,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from atari_trtis_demo.errors import ServiceError, UserError, one_line
 
@@ -34,8 +34,47 @@ def run_cli(main: Callable[[], int | None]) -> NoReturn:
     sys.exit(code or 0)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help, unless the help already says its default.
+
+    argparse's own ArgumentDefaultsHelpFormatter also prints ``(default: None)`` and
+    ``(default: False)``, which tell nothing; a help text that explains a computed
+    default (``default: the model's own game``) is left as written.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or action.nargs == 0  # store_true and friends: the default is "off"
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def module_prog() -> str | None:
+    """``python -m atari_trtis_demo.X`` when this process runs one of the package's modules with ``-m``.
+
+    argparse names a command after ``sys.argv[0]``, which under ``-m`` is the module's file
+    (``serve.py``): a usage line a user cannot type. Scripts and console scripts keep argparse's name.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None) or ""
+    return f"python -m {name}" if name.startswith("atari_trtis_demo.") else None
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line ``error: ...`` (and exit code 2) for a bad flag."""
+    """argparse with a one-line ``error: ...`` (and exit code 2) for a bad flag, and defaults in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        if not args and "prog" not in kwargs:
+            kwargs["prog"] = module_prog()
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)

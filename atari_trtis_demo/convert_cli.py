@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of --model: download ChainerRL's published DQN for this game (ATARI_DEMO_MODEL_ZOO_URL: "
         "a mirror), save it as an agent directory and convert it",
     )
-    p.add_argument("--pretrained-type", default="best", choices=["best", "final"])
+    p.add_argument(
+        "--pretrained-type", default="best", choices=["best", "final"], help="with --pretrained: best or final agent"
+    )
     p.add_argument(
         "--pretrained-dir", default=None, help="where --pretrained saves the agent (results/pretrained/<ENV>/<type>)"
     )
@@ -55,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", type=model_name, default="atari", help="model name in the repository (letters, digits, _ - .)"
     )
     p.add_argument("--version", type=int_in(1), default=None, help="version number (default: the next free one)")
-    p.add_argument("--max-batch-size", type=int_in(1, MAX_BATCH_SIZE_LIMIT), default=32)
-    p.add_argument("--instance-kind", default="KIND_GPU", choices=INSTANCE_KINDS)
-    p.add_argument("--instance-count", type=int_in(1, INSTANCE_COUNT_LIMIT), default=1)
+    p.add_argument(
+        "--max-batch-size",
+        type=int_in(1, MAX_BATCH_SIZE_LIMIT),
+        default=32,
+        help="largest batch Triton may form of players' requests",
+    )
+    p.add_argument("--instance-kind", default="KIND_GPU", choices=INSTANCE_KINDS, help="where Triton runs the model")
+    p.add_argument(
+        "--instance-count", type=int_in(1, INSTANCE_COUNT_LIMIT), default=1, help="copies of the model Triton runs"
+    )
     p.add_argument(
         "--max-queue-delay-us",
         type=int_in(0, 1_000_000),

@@ -17,6 +17,7 @@ This module imports neither Chainer nor ChainerRL.
 from __future__ import annotations
 
 import difflib
+import os
 from collections import deque
 from typing import Any
 
@@ -31,6 +32,7 @@ from atari_trtis_demo.atari_wrappers import (
     STACK_SIZE,
     ClipReward,
     EpisodicLife,
+    FireOnLifeLoss,
     FrameStack,
     GameScore,
     LazyFrames,
@@ -46,6 +48,8 @@ from atari_trtis_demo.errors import UserError
 __all__ = [
     "DEFAULT_ENV_ID",
     "EVAL_EPSILON",
+    "FIRE_ON_LIFE_LOSS_VARIABLE",
+    "FireOnLifeLoss",
     "FRAME_SIZE",
     "MAX_FRAMES_PER_EPISODE",
     "STACK_SIZE",
@@ -58,11 +62,39 @@ __all__ = [
     "find_wrapper",
     "make_atari_emulator",
     "make_env",
+    "quiet_banners",
     "scale_observation",
 ]
 
+# Set to 1, play (make_env with train=False) presses FIRE at the start of a game and after each lost
+# life (FireOnLifeLoss); the players' --fire-on-life-loss sets it. Off by default, as in 2019.
+FIRE_ON_LIFE_LOSS_VARIABLE = "ATARI_DEMO_FIRE_ON_LIFE_LOSS"
 # ALE's own cap for the v4/v5 ids: 108,000 frames = 30 minutes of play at 60 Hz.
 MAX_FRAMES_PER_EPISODE = 108_000
+
+
+def quiet_banners() -> None:
+    """Silence the banners every command printed before its own first line.
+
+    ALE prints "A.L.E: Arcade Learning Environment (version ...)" and "[Powered by Stella]"
+    for each emulator it starts (its Info level; Warning keeps its warnings and errors).
+    gym 0.22, which is here only as ChainerRL's base-class library and is never asked to
+    make an env, prints a 3-line "unmaintained, upgrade to Gymnasium" notice on import, from
+    the ``gym_notices`` table it looks itself up in; an empty table prints nothing. Called on
+    import of this module, which every command imports before gym (through ChainerRL) or an
+    emulator.
+    """
+    import ale_py
+
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
+    try:
+        import gym_notices.notices
+    except ImportError:  # a client install has no gym
+        return
+    gym_notices.notices.notices.clear()
+
+
+quiet_banners()
 
 
 def scale_observation(observation: Any) -> np.ndarray:
@@ -123,11 +155,14 @@ def make_env(
     epsilon: float = EVAL_EPSILON,
     render_mode: str | None = None,
     seed: int | None = None,
+    fire_on_life_loss: bool | None = None,
 ) -> gym.Env:
     """The preprocessed env: DeepMind wrappers for training (``train=True``) or play.
 
     Training: episodic life and clipped rewards, as in ChainerRL's reproduction.
-    Evaluation and play: whole games, raw rewards, ``epsilon`` random actions.
+    Evaluation and play: whole games, raw rewards, ``epsilon`` random actions, and with
+    ``fire_on_life_loss`` (None: ``ATARI_DEMO_FIRE_ON_LIFE_LOSS=1`` in the environment)
+    FIRE pressed at the start and after each lost life (:class:`FireOnLifeLoss`; never in training).
 
     ``seed`` seeds the random actions of evaluation and play (unseeded when None).
     The emulator and the no-op starts draw from the env's own generator, which
@@ -137,6 +172,11 @@ def make_env(
     env = GameScore(env)
     env = NoopReset(env, NOOP_MAX)
     env = MaxAndSkip(env, ACTION_REPEAT)
+    if fire_on_life_loss is None:
+        fire_on_life_loss = os.environ.get(FIRE_ON_LIFE_LOSS_VARIABLE) == "1"
+    if fire_on_life_loss and not train:
+        # Below RandomizeAction, which may still replace the FIRE by a random action, as any other.
+        env = FireOnLifeLoss(env)
     if train:
         env = EpisodicLife(env)
     env = WarpFrame(env)

@@ -32,13 +32,19 @@ def download_pretrained(env_id: str, model_type: str, *, flag: str = "--load-pre
         pretrained_models.download_url = os.environ[MODEL_ZOO_URL_VARIABLE]
     game = env_id.removeprefix("ALE/").split("-")[0].removesuffix("NoFrameskip")
     where = f"{pretrained_models.download_url.rstrip('/')}/DQN/{game}/{model_type}.zip"
+    # Offline, or behind a firewall, the only way on is a mirror: say which variable points at one.
+    mirror = (
+        f"set {MODEL_ZOO_URL_VARIABLE} to a mirror (an http:// or file:// folder with DQN/{game}/{model_type}.zip)"
+        if not os.environ.get(MODEL_ZOO_URL_VARIABLE)
+        else f"check the mirror in {MODEL_ZOO_URL_VARIABLE}"
+    )
     try:
         path, _ = pretrained_models.download_model("DQN", f"{game}NoFrameskip-v4", model_type=model_type)
     except urllib.error.URLError as e:
-        raise UserError(f"{flag}: cannot download {where} ({getattr(e, 'reason', e)})") from e
+        raise UserError(f"{flag}: cannot download {where} ({getattr(e, 'reason', e)}); {mirror}") from e
     except zipfile.BadZipFile as e:
         shutil.rmtree(_zoo_dir(game), ignore_errors=True)  # never keep a bad archive cached
-        raise UserError(f"{flag}: {where} is not a valid zip archive") from e
+        raise UserError(f"{flag}: {where} is not a valid zip archive; {mirror}") from e
     return path
 
 

@@ -23,8 +23,8 @@ def add_play_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--env", default=None, help=f"the game (default: the model's own, else {DEFAULT_ENV_ID} if it records none)"
     )
-    p.add_argument("--episodes", type=int_in(1), default=1)
-    p.add_argument("--max-steps", type=int_in(1), default=None, help="cap on agent steps per episode")
+    p.add_argument("--episodes", type=int_in(1), default=1, help="whole games to play (all lives)")
+    p.add_argument("--max-steps", type=int_in(1), default=None, help="cap on agent steps per episode (default: none)")
     p.add_argument("--headless", action="store_true", help="no window (servers, tests, benchmarks)")
     p.add_argument(
         "--fps",
@@ -34,8 +34,19 @@ def add_play_flags(p: argparse.ArgumentParser) -> None:
         "with 4 frames a step; 0: as fast as possible, and async play then applies actions as many steps old "
         "as fit into one round trip)",
     )
-    p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0)
+    p.add_argument(
+        "--seed",
+        type=int_in(0, 2**31 - 1),
+        default=0,
+        help="seeds the emulator, the no-op starts and the random actions",
+    )
     p.add_argument("--epsilon", type=float_in(0, 1), default=0.05, help="fraction of random actions, as the original")
+    p.add_argument(
+        "--fire-on-life-loss",
+        action="store_true",
+        help="press FIRE at the start and after each lost life, so that a barely trained agent's Breakout serves "
+        "(an action override, not preprocessing; see docs/deviations.md)",
+    )
     p.add_argument("--record", type=output_file, default=None, help="write the gameplay to FILE.gif (or .mp4)")
     p.add_argument("--screenshot", type=output_file, default=None, help="save the last window image to FILE.png")
     p.add_argument("--json", type=output_file, default=None, help="write the statistics to FILE.json")
@@ -46,6 +57,10 @@ def play_config(args: argparse.Namespace):  # -> PlayConfig
     from atari_trtis_demo.screen import check_record_path
 
     check_record_path(args.record)
+    if args.fire_on_life_loss:  # read by envs.make_env for every game this process plays
+        from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE
+
+        os.environ[FIRE_ON_LIFE_LOSS_VARIABLE] = "1"
     return PlayConfig(
         env_id=args.env,
         episodes=args.episodes,

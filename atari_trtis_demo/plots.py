@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
 
 from atari_trtis_demo.atomic import replacing_file
-from atari_trtis_demo.cli_args import run_cli
+from atari_trtis_demo.cli_args import ArgumentParser, run_cli
 from atari_trtis_demo.errors import UserError
 
 
@@ -70,7 +69,8 @@ def _run_title(scores_path: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Draw the learning curve of a training run.")
+    # The project's parser: one-line errors, and "usage: python -m atari_trtis_demo.plots" as it is run.
+    parser = ArgumentParser(description="Draw the learning curve of a training run.")
     parser.add_argument("scores", help="scores.txt of a run directory")
     parser.add_argument("--out", help="PNG to write (default: learning_curve.png beside scores.txt)")
     args = parser.parse_args()

@@ -171,13 +171,29 @@ class Screen:
         self.pygame.quit()
 
 
+MACRO_BLOCK = 16  # H.264 codes 16x16 blocks: ffmpeg (through imageio) stretches other sizes to fit
+
+
+def pad_to_macro_block(frame: np.ndarray) -> np.ndarray:
+    """``frame`` (H, W, 3) with black rows and columns added below and to the right, up to multiples of 16.
+
+    imageio-ffmpeg would otherwise resize 480x630 to 480x640, stretching every pixel of the window.
+    """
+    height, width = frame.shape[:2]
+    pad_h, pad_w = -height % MACRO_BLOCK, -width % MACRO_BLOCK
+    if not pad_h and not pad_w:
+        return frame
+    return np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)))
+
+
 def write_recording(path: str, frames: list[np.ndarray], fps: float) -> None:
     import imageio.v2 as imageio
 
     if path.lower().endswith(".gif"):
         imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
     else:
-        imageio.mimsave(path, frames, fps=fps)
+        # Padded ourselves, so ffmpeg keeps the window's pixels as they are (and says nothing about resizing).
+        imageio.mimsave(path, [pad_to_macro_block(f) for f in frames], fps=fps, macro_block_size=MACRO_BLOCK)
 
 
 def check_record_path(path: str | None) -> None:

@@ -213,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address for gRPC (default 127.0.0.1; any other than loopback needs ATARI_DEMO_KEY or --no-key)",
     )
-    p.add_argument("--http-port", type=port, default=8000)
-    p.add_argument("--grpc-port", type=port, default=8001)
-    p.add_argument("--metrics-port", type=port, default=8002)
-    p.add_argument("--backend-directory", default=None, help="Triton backends with onnxruntime: serve as is")
-    p.add_argument("--log-verbose", type=int_in(0, 3), default=0)
+    p.add_argument("--http-port", type=port, default=8000, help="Triton's HTTP/REST port")
+    p.add_argument("--grpc-port", type=port, default=8001, help="Triton's gRPC port, the players' --port")
+    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics port")
+    p.add_argument(
+        "--backend-directory",
+        default=None,
+        help="Triton backends with onnxruntime: serve as is (default: the python-backend twin)",
+    )
+    p.add_argument("--log-verbose", type=int_in(0, 3), default=0, help="Triton's log detail, 0-3")
     p.add_argument("--ready-timeout", type=float_in(0, low_open=True), default=120.0, help="seconds")
     p.add_argument("--tls-cert", default=None, metavar="FILE", help="PEM certificate: serve gRPC over TLS")
     p.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atari_trtis_demo.cli_args import ArgumentParser, int_in
-from atari_trtis_demo.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
+from atari_trtis_demo.envs import DEFAULT_ENV_ID, EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.game_id import recorded_env_id
 from atari_trtis_demo.gpu import check_gpu
@@ -33,17 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int_in(-1), default=0, help="GPU to use, -1 for the CPU")
     p.add_argument("--demo", action="store_true", default=False, help="only evaluate the (loaded) agent")
     p.add_argument("--load-pretrained", action="store_true", default=False, help="start from ChainerRL's model zoo")
-    p.add_argument("--pretrained-type", type=str, default="best", choices=["best", "final"])
-    p.add_argument("--load", type=str, default=None, help="agent directory to start from")
+    p.add_argument(
+        "--pretrained-type",
+        type=str,
+        default="best",
+        choices=["best", "final"],
+        help="with --load-pretrained: the zoo's best evaluated agent or its final one",
+    )
+    p.add_argument("--load", type=str, default=None, help="agent directory to start from (default: a new agent)")
     p.add_argument("--logging-level", type=int_in(0, 50), default=20, help="level of log.txt: 10 DEBUG, 20 INFO, ...")
     p.add_argument("--steps", type=int_in(1), default=5 * 10**7, help="total agent steps (4 frames each)")
     # ChainerRL asserts that the replay start size covers one minibatch (32).
     p.add_argument(
         "--replay-start-size", type=int_in(32), default=5 * 10**4, help="transitions before updates start (>= 32)"
     )
-    p.add_argument("--eval-n-steps", type=int_in(1), default=125000)
-    p.add_argument("--eval-interval", type=int_in(1), default=250000)
-    p.add_argument("--n-best-episodes", type=int_in(1), default=30)
+    p.add_argument("--eval-n-steps", type=int_in(1), default=125000, help="agent steps per evaluation")
+    p.add_argument("--eval-interval", type=int_in(1), default=250000, help="training steps between evaluations")
+    p.add_argument(
+        "--n-best-episodes", type=int_in(1), default=30, help="episodes the best agent is scored on at the end"
+    )
     # This project's additions.
     p.add_argument(
         "--checkpoint-freq", type=int_in(0), default=250000, help="save a resumable checkpoint every N steps (0: none)"
@@ -77,6 +85,14 @@ class Start:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train; without Chainer (a client install) one ``error:`` line says what to install."""
+    from atari_trtis_demo.console import needs_server_install
+
+    # Also for train_src/train_dqn.py, which runs this main directly (atari-train goes through console.train).
+    return needs_server_install(os.path.basename(sys.argv[0]) or "train_dqn.py", lambda: _main(argv))() or 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     check_args(args)
@@ -100,11 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     try:
-        train(agent, train_env, eval_env, args, outdir, start)
+        evaluator = train(agent, train_env, eval_env, args, outdir, start)
     except KeyboardInterrupt:
         print(f"\nInterrupted at step {agent.t:,}: {where_saved(outdir)}", file=sys.stderr)
         return 130
-    final_evaluation(agent, eval_env, args, outdir)
+    final_evaluation(agent, eval_env, args, outdir, best=(evaluator.best_step, evaluator.best_score))
     return 0
 
 
@@ -199,11 +215,11 @@ def start_run(args: argparse.Namespace, argv: list[str]) -> str:
 
 def train(
     agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str, start: Start
-) -> None:
-    """ChainerRL's training loop with evaluations, checkpoints and the progress line."""
+) -> Any:
+    """ChainerRL's training loop with evaluations, checkpoints and the progress line; its evaluator."""
     from atari_trtis_demo.training import train_with_evaluation
 
-    train_with_evaluation(
+    return train_with_evaluation(
         agent,
         train_env,
         eval_env,
@@ -226,8 +242,18 @@ def where_saved(outdir: str) -> str:
     return f"the agent is saved in {saved[-1]}; continue with --resume {saved[-1]}" if saved else "nothing saved"
 
 
-def final_evaluation(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str) -> None:
-    """Score the best agent (or the final one, if no evaluation ran) into ``bestscores.json``."""
+def final_evaluation(
+    agent: Any,
+    eval_env: OldGymAPI,
+    args: argparse.Namespace,
+    outdir: str,
+    best: tuple[int | None, float | None] = (None, None),
+) -> None:
+    """Score the best agent (or the final one, if no evaluation ran) into ``bestscores.json``.
+
+    ``best``: the step and mean score of the evaluation that saved ``best/``. The summary
+    names it and, when the new episodes score otherwise, says why: they are other games.
+    """
     from chainerrl.experiments.evaluator import eval_performance
 
     from atari_trtis_demo.agent import load_agent
@@ -247,9 +273,24 @@ def final_evaluation(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace, 
     )
     with open(os.path.join(outdir, "bestscores.json"), "w") as f:
         json.dump(stats, f)
-    print("The results of the best scoring network:")
+    best_step, best_score = best
+    episodes = f"{args.n_best_episodes} new episode{'s' if args.n_best_episodes != 1 else ''}"
+    if best_step is None or best_score is None:
+        print(f"The results of the best scoring network ({best_dir}, on {episodes}):")
+    else:
+        print(
+            f"The results of the best scoring network (best/: the agent of the evaluation at step {best_step:,}, "
+            f"mean score {best_score:.2f} there), scored again on {episodes}:"
+        )
     for key, value in stats.items():
         print(f"{key}:{value}")
+    if best_score is not None and f"{stats['mean']:.2f}" != f"{best_score:.2f}":
+        # A barely trained agent's score varies from game to game; the two figures are two samples.
+        print(
+            f"(not the {best_score:.2f} of its evaluation at step {best_step:,}: these are other games, with other "
+            f"no-op starts and {EVAL_EPSILON:.0%} random actions; --n-best-episodes (default 30) sets how many "
+            "are averaged here)"
+        )
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

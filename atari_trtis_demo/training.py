@@ -62,6 +62,9 @@ class ScoreKeepingEvaluator(Evaluator):
     def __init__(self, *args: Any, previous_rows: Sequence[str] = (), stream: TextIO | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.last_score: float | None = None
+        # The evaluation that saved best/: the end-of-training summary names it.
+        self.best_step: int | None = None
+        self.best_score: float | None = None
         self.stream = stream
         if previous_rows:
             with open(os.path.join(self.outdir, SCORES_FILE), "a") as f:
@@ -71,6 +74,8 @@ class ScoreKeepingEvaluator(Evaluator):
         previous_best = self.max_score
         score = super().evaluate_and_update_max_score(t, episodes)
         self.last_score = score
+        if score > previous_best:
+            self.best_step, self.best_score = t, score
         if self.stream is not None:
             best = " (new best, saved to best/)" if score > previous_best else ""
             line = f"evaluation at step {t:,}: mean score {score:.2f}{best}"

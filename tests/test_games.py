@@ -15,7 +15,7 @@ import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command
 
 from atari_trtis_demo.game import PlayConfig
-from atari_trtis_demo.grid_screen import MIN_WIDTH, GridScreen
+from atari_trtis_demo.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
 from atari_trtis_demo.inference_client import InferenceClient
 from atari_trtis_demo.many_games import evaluation_summary, play_games
 from atari_trtis_demo.onnx_export import convert
@@ -145,14 +145,21 @@ def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) 
     assert outcome.aggregate.steps == 100 and not outcome.aggregate.stopped_by_user
     image = pygame.surfarray.array3d(pygame.image.load(str(shot))).swapaxes(0, 1)
     layout = GridScreen("test", 4, scale=1, headless=True, screenshot="unused.png")  # the same layout, not drawn on
-    assert layout.cells == [(0, 0), (160, 0), (0, 210), (160, 210)], "2x2 cells of 160x210"
-    assert image.shape[:2] == (2 * 210 + layout.bar_height, max(2 * 160, MIN_WIDTH)), "and the overlay bar below"
+    # 2x2 cells of 160x210, each under its label strip, GAP pixels apart (issue 18: tiles touched).
+    row = LABEL_HEIGHT + 210 + GAP
+    assert layout.cells == [
+        (0, LABEL_HEIGHT),
+        (160 + GAP, LABEL_HEIGHT),
+        (0, row + LABEL_HEIGHT),
+        (160 + GAP, row + LABEL_HEIGHT),
+    ]
+    assert image.shape[:2] == (2 * row + layout.bar_height, max(2 * 160 + GAP, MIN_WIDTH)), "and the overlay bar below"
     for (x, y), last in zip(layout.cells, shown[-1], strict=True):
-        below_label = slice(y + layout.label_height, y + 210)
-        # Each cell is its own game's last screen (the label covers the cell's top lines).
-        assert np.array_equal(image[below_label, x : x + 160], last[layout.label_height :])
+        # Each cell is its own game's whole last screen (the label is above it, not over it).
+        assert np.array_equal(image[y : y + 210, x : x + 160], last)
         assert last.std() > 10, "a game is drawn, not a blank cell"
-    assert image[2 * 210 :].max() > 200, "the overlay bar has text"
+        assert image[y - LABEL_HEIGHT : y, x : x + 160].max() > 200, "its label"
+    assert image[2 * row :].max() > 200, "the overlay bar has text"
     pygame.quit()
 
 
