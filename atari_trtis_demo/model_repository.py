@@ -328,7 +328,11 @@ def read_repository(repository: str | Path) -> list[RepositoryModel]:
         filename = config.default_model_filename or DEFAULT_FILENAMES[model.kind]
         model.versions = version_dirs(model_dir)
         if not model.versions:
-            raise UserError(f"{model_dir / '1' / filename}: missing (no version directory in {model_dir})")
+            raise UserError(
+                f"{model_dir / '1' / filename}: missing (no version directory in {model_dir}; convert a model "
+                f"into it with onnx_converter_src/converter.py --repository {model_dir.parent}, or serve the one "
+                "./demo.sh made: demo_output/<game>/trtismodel)"
+            )
         for version in model.versions:
             if not (model_dir / str(version) / filename).is_file():
                 raise UserError(f"{model_dir / str(version) / filename}: model file missing")
