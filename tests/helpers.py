@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # The project's commands, each named once: scripts run by this interpreter, or a module run with -m.
@@ -110,12 +111,13 @@ def tree_digest(path: Path) -> dict[str, str]:
     }
 
 
-def serving_on_free_ports(repository: Path, grpc_port: int | None = None):
-    """``serve.serving`` (a context manager) on free ports; ``grpc_port`` fixed when given."""
+def serving_on_free_ports(repository: Path, grpc_port: int | None = None, **kwargs: Any):
+    """``serve.serving`` (a context manager) on free ports; ``grpc_port`` fixed when given; ``kwargs`` as
+    for ``serve.start_server`` (``access``, ``tls``...)."""
     from atari_trtis_demo.serve import serving
 
     http, grpc_, metrics = free_ports(3)
-    return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics)
+    return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics, **kwargs)
 
 
 def run_python_stdlib_only(code: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import REMOTE, free_ports, one_error_line, run_command
+from helpers import REMOTE, free_ports, one_error_line, run_command, serving_on_free_ports
 
 from atari_trtis_demo.cli_args import run_cli
 from atari_trtis_demo.errors import ServiceError, UserError, one_line
@@ -380,62 +380,15 @@ def test_a_refused_key_is_exit_2_and_never_the_fallback_loop(
     assert "k3y-of-the-server" not in right.stdout + right.stderr
 
 
-def start_triton_with(repository: Path, *flags: str):
-    """``serve.start_server``'s tritonserver with extra flags of its own (the key, TLS) that serve may not take
-    yet; health (readiness) must stay open and plain for the readiness wait."""
-    from atari_trtis_demo.model_repository import read_repository
-    from atari_trtis_demo.serve import TritonServer, _die_with_parent
-    from atari_trtis_demo.triton_twin import (
-        prepare_python_backend,
-        prepare_twin_repository,
-        pytriton_dir,
-        server_environment,
-    )
-    from atari_trtis_demo.triton_workdir import claim_workdir, make_workdir
-
-    http, grpc_port, metrics = free_ports(3)
-    models = read_repository(repository)
-    workdir = make_workdir()
-    log_path = workdir / "tritonserver.log"
-    command = [
-        str(pytriton_dir() / "bin" / "tritonserver"),
-        f"--model-repository={prepare_twin_repository(models, workdir)}",
-        f"--backend-directory={prepare_python_backend(workdir)}",
-        *(f"--{kind}-address=127.0.0.1" for kind in ("http", "grpc", "metrics")),
-        f"--http-port={http}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics}",
-        *flags,
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(),
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )  # fmt: skip
-    claim_workdir(workdir, process.pid)
-    return TritonServer(process, "127.0.0.1", http, grpc_port, metrics, [m.name for m in models], workdir, log_path)
-
-
 def start_restricted_triton(repository: Path, key: str):
-    """tritonserver with its own --grpc-restricted-protocol: every protocol but health needs
-    ``atari-demo-key: key`` (as issue 15 item 2 has serve do it)."""
-    from atari_trtis_demo.serve import wait_until_ready
+    """serve's own Triton with the players' key: every protocol but health needs it (issue 15 item 2)."""
+    from atari_trtis_demo.serve_security import Access
 
-    restricted = "metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
-    server = start_triton_with(
-        repository,
-        f"--grpc-restricted-protocol={restricted}:{KEY_HEADER}={key}",
-        f"--http-restricted-api={restricted}:{KEY_HEADER}={key}",
-    )
-    try:
-        wait_until_ready(server, 120)  # health stays open: readiness needs no key
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return serving_on_free_ports(repository, access=Access(admin_key="admin-k3y", player_key=key))
 
 
 def test_a_real_triton_with_a_restricted_protocol_refuses_a_missing_or_wrong_key(repository: Path) -> None:
-    server = start_restricted_triton(repository, "tr1ton-k3y")
-    try:
+    with start_restricted_triton(repository, "tr1ton-k3y") as server:
         for key in (None, "wrong-k3y"):
             with pytest.raises(KeyRefused) as err:
                 InferenceClient("127.0.0.1", server.grpc_port, "atari", key=key)
@@ -449,8 +402,6 @@ def test_a_real_triton_with_a_restricted_protocol_refuses_a_missing_or_wrong_key
             REMOTE, "--host", "127.0.0.1", "--port", str(server.grpc_port), *PLAY, env={KEY_ENV: "tr1ton-k3y"}
         )
         assert played.returncode == 0 and "episode 1: score" in played.stdout, played.stderr[-3000:]
-    finally:
-        server.stop()
 
 
 # -- TLS ----------------------------------------------------------------------------------
@@ -467,24 +418,11 @@ def test_tls_with_the_ca_plays(tls_liar: Running, certificate: tuple[Path, Path]
 
 def test_a_real_triton_over_tls_with_and_without_the_ca(repository: Path, certificate: tuple[Path, Path]) -> None:
     cert, key = certificate
-    server = start_triton_with(
-        repository, "--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # serve's readiness wait speaks plain gRPC: ask over TLS here
-            try:
-                client = InferenceClient("localhost", server.grpc_port, "atari", tls_ca=cert, timeout=2)
-                break
-            except ServiceError:
-                assert server.process.poll() is None and time.monotonic() < deadline, server.log_path.read_text()
-                time.sleep(0.5)
-        with client:
+    with serving_on_free_ports(repository, tls=(cert, key)) as server:
+        with InferenceClient("localhost", server.grpc_port, "atari", tls_ca=cert, timeout=2) as client:
             assert client.infer(frames()).shape == (4,)
         with pytest.raises(TlsMismatch, match="is it serving TLS"):
             InferenceClient("127.0.0.1", server.grpc_port, "atari")
-    finally:
-        server.stop()
 
 
 def test_a_player_without_the_ca_against_tls_is_one_line(tls_liar: Running) -> None:
