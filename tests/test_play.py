@@ -114,13 +114,6 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
     config = PlayConfig(sync=True, max_steps=40, rendering_scale=2, screenshot=str(shot), fps=0)
     from atari_trtis_demo.screen import Screen
 
-    def leave_the_game_over_screen() -> None:
-        while policy.latency.summary()["count"] < 40:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_a, mod=0, unicode="", scancode=0))
-
-    threading.Thread(target=leave_the_game_over_screen, daemon=True).start()
     frames = []
     real_draw = Screen.draw
 
