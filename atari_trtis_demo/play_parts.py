@@ -13,13 +13,22 @@ import numpy as np
 
 from atari_trtis_demo.envs import GameScore, find_wrapper, scale_observation
 from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.inference_client import InferenceError, RequestTimeout, ServerUnavailable
+from atari_trtis_demo.inference_client import InferenceError, RequestTimeout, ServerError, ServerUnavailable
 from atari_trtis_demo.play_result import CUT_SHORT, STEP_LIMIT, TERMINATED, TRUNCATED, EpisodeStats, OutageStats
 from atari_trtis_demo.play_stats import staleness_summary
 from atari_trtis_demo.policies import Policy, checked_q_values, key_refused
 
 # The server is away, not the request wrong: these are ridden out (ServerGoingAway is a ServerUnavailable).
 OUTAGE_ERRORS = (ServerUnavailable, RequestTimeout)
+
+
+def server_away(error: InferenceError) -> bool:
+    """Whether ``error`` says the server is away rather than that it answered wrongly.
+
+    A Triton shutting down cancels the requests in flight (CANCELLED), which the client
+    reports as a ServerError: that too is the server going away.
+    """
+    return isinstance(error, OUTAGE_ERRORS) or (isinstance(error, ServerError) and "(CANCELLED:" in str(error))
 
 
 def checked_action(q: Any, n_actions: int, source: str) -> int:
@@ -50,7 +59,7 @@ class Outage:
 
     def failed(self, error: InferenceError, now: float) -> None:
         """A request failed: ridden out when the server is away (within ``limit``), else raised again."""
-        if key_refused(error) or not isinstance(error, OUTAGE_ERRORS):
+        if key_refused(error) or not server_away(error):
             raise error
         self.stats.requests_failed += 1
         if self.limit <= 0:  # --reconnect 0: the first failure ends play, as before --reconnect

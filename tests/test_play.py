@@ -186,7 +186,8 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
     # Paced, and many games: play is surely still going when the server dies.
     args = ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "200", "--episodes", "1000",
             "--max-steps", "300", "--timeout", "2", "--json", str(tmp_path / "stats.json")]  # fmt: skip
-    args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync"]
+    # Without fallback: --reconnect 0 ends play at the first failure (test_play_loop.py rides a restart out).
+    args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync", "--reconnect", "0"]
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
         game = Game(args)
         time.sleep(6)  # playing against the server meanwhile
