@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command, serving_on_free_ports, start_command
 
-from atari_trtis_demo.inference_client import InferenceClient
+from atari_trtis_demo.inference_client import InferenceClient, ServerUnavailable
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
     GRPCInferenceServiceServicer,
@@ -314,3 +314,59 @@ def test_async_games_through_one_client_share_it(server) -> None:
     assert result.error is None and len(result.games) == 2
     counts = [g.to_json()["latency_ms"]["count"] for g in result.games]
     assert sum(counts) == result.latency["count"] <= client.stats.summary()["count"]
+
+
+class AwayPolicy(RandomPolicy):
+    """Answers (seeded random) until ``away`` is set, then fails as an unreachable server does."""
+
+    name = "remote 127.0.0.1:1 model 'test'"
+    remote = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = False
+        self.calls = 0
+
+    def q_values(self, frames: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.away:
+            raise ServerUnavailable("cannot connect to 127.0.0.1:1 (UNAVAILABLE: test)")
+        return super().q_values(frames)
+
+
+def test_esc_works_while_a_sync_game_waits_for_the_server() -> None:
+    import pygame
+
+    policy = AwayPolicy()
+
+    def script() -> None:
+        while policy.calls < 10:
+            time.sleep(0.02)
+        policy.away = True
+        time.sleep(1.5)
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0, unicode="", scancode=0))
+
+    threading.Thread(target=script, daemon=True).start()
+    started = time.perf_counter()
+    result = play_policies([policy], PlayConfig(sync=True, fps=15, max_steps=1000, reconnect=30))
+    assert result.stopped_by_user and result.error is None and time.perf_counter() - started < 10
+    assert 10 <= result.steps <= 12, "no step without an answer"
+    assert result.outage.outages == 1 and result.outage.requests_failed >= 10, "retried at the pace meanwhile"
+    assert result.outage.seconds >= 1.0
+
+
+def test_async_game_plays_its_last_action_while_the_server_is_away() -> None:
+    policy = AwayPolicy()
+    config = PlayConfig(fps=30, max_steps=60, reconnect=30)
+
+    def go_away() -> None:
+        while policy.calls < 10:
+            time.sleep(0.02)
+        policy.away = True
+
+    threading.Thread(target=go_away, daemon=True).start()
+    result = play_policies([policy], config)
+    assert result.error is None and result.steps == 60, "the game went on"
+    assert result.outage.outages == 1 and result.outage.requests_failed >= 20
+    # The staleness keeps growing: the action played is the last answer's.
+    assert max(result.staleness) >= 30, max(result.staleness)
