@@ -224,11 +224,12 @@ class FallbackPolicy(Policy):
     def _probed(self, frames: np.ndarray) -> np.ndarray | None:
         """While on the fallback: the server's answer when a probe brings one (play is then back on it)."""
         wait = 0.0
-        if self._probe is None:
-            if time.monotonic() < self._next_probe:
-                return None
-            self._probe, wait = self.probe.q_values_async(frames), PROBE_WAIT_SECONDS
         try:
+            if self._probe is None:
+                if time.monotonic() < self._next_probe:
+                    return None
+                # May fail at once: a client not yet connected checks the server first, here.
+                self._probe, wait = self.probe.q_values_async(frames), PROBE_WAIT_SECONDS
             q = checked_q_values(self._probe.result(timeout=wait), self.n_actions, self.primary.name)
         except TimeoutError:
             return None  # still out: looked at on a later call

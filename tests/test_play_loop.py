@@ -296,15 +296,17 @@ def test_fallback_game_keeps_its_pace_against_a_server_that_never_answers(
 def test_many_games_fall_back_together_and_say_so_once(agents: dict[str, Path], tmp_path: Path) -> None:
     (port,) = free_ports(1)  # no server at all: every game starts on local inference
     stats = tmp_path / "stats.json"
+    # 45 steps at 15 steps/s: 3 s, past the first probes (every 2 s), which find no server either.
     result = run_command(
-        REMOTE, "--host", "127.0.0.1", "--port", str(port), "--headless", "--fps", "0", "--max-steps", "20",
-        "--games", "3", "--timeout", "1", "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats),
+        REMOTE, "--host", "127.0.0.1", "--port", str(port), "--headless", "--sync", "--fps", "15", "--max-steps",
+        "45", "--games", "3", "--timeout", "1", "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats),
         timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("playing on with local inference") == 1, result.stdout
     figures = json.loads(stats.read_text())
-    assert len(figures["games"]) == 3 and figures["steps"] == 60 and figures["fallback_switches"] == 1
+    assert len(figures["games"]) == 3 and figures["steps"] == 135 and figures["fallback_switches"] == 1
+    assert figures["outage"]["outages"] == 0, "a failed probe is no outage: play went on locally"
 
 
 def test_async_games_through_one_client_share_it(server) -> None:
