@@ -201,6 +201,7 @@ class FallbackPolicy(Policy):
         self._switches = 0
         self._next_probe = 0.0
         self._probe: concurrent.futures.Future | None = None
+        self._probe_sent = 0.0
         self._closing = False
         if primary_down is not None:
             self._fail(primary_down)
@@ -230,9 +231,12 @@ class FallbackPolicy(Policy):
                     return None
                 # May fail at once: a client not yet connected checks the server first, here.
                 self._probe, wait = self.probe.q_values_async(frames), PROBE_WAIT_SECONDS
+                self._probe_sent = time.monotonic()
             q = checked_q_values(self._probe.result(timeout=wait), self.n_actions, self.primary.name)
-        except TimeoutError:
-            return None  # still out: looked at on a later call
+        except TimeoutError:  # still out: looked at on a later call, unless lost (a future that never resolves)
+            if time.monotonic() - self._probe_sent > self.probe_seconds + PROBE_TIMEOUT_SECONDS:
+                self._probe, self._next_probe = None, time.monotonic()
+            return None
         except InferenceError as e:
             self._probe = None
             self._fail(e)
