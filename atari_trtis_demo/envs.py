@@ -17,7 +17,6 @@ This module imports neither Chainer nor ChainerRL.
 from __future__ import annotations
 
 import difflib
-import os
 from collections import deque
 from typing import Any
 
@@ -48,7 +47,6 @@ from atari_trtis_demo.errors import UserError
 __all__ = [
     "DEFAULT_ENV_ID",
     "EVAL_EPSILON",
-    "FIRE_ON_LIFE_LOSS_VARIABLE",
     "FireOnLifeLoss",
     "FRAME_SIZE",
     "MAX_FRAMES_PER_EPISODE",
@@ -66,9 +64,6 @@ __all__ = [
     "scale_observation",
 ]
 
-# Set to 1, play (make_env with train=False) presses FIRE at the start of a game and after each lost
-# life (FireOnLifeLoss); the players' --fire-on-life-loss sets it. Off by default, as in 2019.
-FIRE_ON_LIFE_LOSS_VARIABLE = "ATARI_DEMO_FIRE_ON_LIFE_LOSS"
 # ALE's own cap for the v4/v5 ids: 108,000 frames = 30 minutes of play at 60 Hz.
 MAX_FRAMES_PER_EPISODE = 108_000
 
@@ -155,13 +150,13 @@ def make_env(
     epsilon: float = EVAL_EPSILON,
     render_mode: str | None = None,
     seed: int | None = None,
-    fire_on_life_loss: bool | None = None,
+    fire_on_life_loss: bool = False,
 ) -> gym.Env:
     """The preprocessed env: DeepMind wrappers for training (``train=True``) or play.
 
     Training: episodic life and clipped rewards, as in ChainerRL's reproduction.
     Evaluation and play: whole games, raw rewards, ``epsilon`` random actions, and with
-    ``fire_on_life_loss`` (None: ``ATARI_DEMO_FIRE_ON_LIFE_LOSS=1`` in the environment)
+    ``fire_on_life_loss`` (the players' ``--fire-on-life-loss``)
     FIRE pressed at the start and after each lost life (:class:`FireOnLifeLoss`; never in training).
 
     ``seed`` seeds the random actions of evaluation and play (unseeded when None).
@@ -172,8 +167,6 @@ def make_env(
     env = GameScore(env)
     env = NoopReset(env, NOOP_MAX)
     env = MaxAndSkip(env, ACTION_REPEAT)
-    if fire_on_life_loss is None:
-        fire_on_life_loss = os.environ.get(FIRE_ON_LIFE_LOSS_VARIABLE) == "1"
     if fire_on_life_loss and not train:
         # Below RandomizeAction, which may still replace the FIRE by a random action, as any other.
         env = FireOnLifeLoss(env)

@@ -50,22 +50,26 @@ def add_play_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", type=output_file, default=None, help="write the gameplay to FILE.gif (or .mp4)")
     p.add_argument("--screenshot", type=output_file, default=None, help="save the last window image to FILE.png")
     p.add_argument("--json", type=output_file, default=None, help="write the statistics to FILE.json")
+    p.add_argument(
+        "--game-over-seconds",
+        type=float_in(0, 3600),
+        default=None,
+        help="how long the window stays on the game-over screen unless a key is pressed (default 10 s in a "
+        "window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
+    )
 
 
 def play_config(args: argparse.Namespace):  # -> PlayConfig
-    from atari_trtis_demo.game import PlayConfig
+    from atari_trtis_demo.play_result import PlayConfig
     from atari_trtis_demo.screen import check_record_path
 
     check_record_path(args.record)
-    if args.fire_on_life_loss:  # read by envs.make_env for every game this process plays
-        from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE
-
-        os.environ[FIRE_ON_LIFE_LOSS_VARIABLE] = "1"
     return PlayConfig(
         env_id=args.env,
         episodes=args.episodes,
         max_steps=args.max_steps,
         sync=args.sync,
+        fire_on_life_loss=args.fire_on_life_loss,
         headless=args.headless,
         fps=args.fps,
         rendering_scale=args.rendering_scale,
@@ -73,15 +77,24 @@ def play_config(args: argparse.Namespace):  # -> PlayConfig
         epsilon=args.epsilon,
         record=args.record,
         screenshot=args.screenshot,
+        game_over_seconds=args.game_over_seconds,
     )
 
 
-def finish(result, json_path: str | None) -> int:  # result: PlayResult
-    from atari_trtis_demo.game import write_json
+def announcer(json_path: str | None):  # -> Callable[[PlayResult], None]
+    """Print the statistics (and write --json) as soon as play ends: before any game-over screen."""
+    from atari_trtis_demo.play_result import write_json
 
-    print(result.report(), flush=True)
-    if json_path:
-        write_json(json_path, result)
+    def announce(result) -> None:  # result: PlayResult
+        print(result.report(), flush=True)
+        if json_path:
+            write_json(json_path, result)
+
+    return announce
+
+
+def exit_code(result) -> int:  # result: PlayResult
+    """1 when play ended on a failure (statistics up to then already printed), else 0."""
     if result.error:
         print(f"error: {result.error} (the game ended early; statistics above are up to then)", file=sys.stderr)
         return 1
@@ -102,45 +115,68 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--games", type=int_in(1, 1024), default=1, help="play N games at once, a grid in the window (many_games.py)"
     )
+    p.add_argument(
+        "--reconnect",
+        type=float_in(0, 86400),
+        default=30.0,
+        help="while the server is away, play on (sync waits, async plays its last action) for up to SECONDS, then "
+        "end with exit code 1 (default 30; 0: end at the first failed request)",
+        metavar="SECONDS",
+    )
     add_play_flags(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     # Before gRPC loads: its core would log a failed TLS handshake to stderr beside our one line.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if args.games > 1 and args.fallback_modelpath:
-        p.error("--games: more than one game plays without --fallback-modelpath")
     if args.env:
         check_env_id(args.env)  # a typo is refused before connecting
     config = play_config(args)  # env_id: set below, once the model's own game is known
-    from atari_trtis_demo.game import play
+    config.reconnect, config.request_timeout = args.reconnect, args.timeout
     from atari_trtis_demo.game_id import remote_game
     from atari_trtis_demo.inference_client import InferenceClient, InferenceError
-    from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
+    from atari_trtis_demo.play_loop import play_games
+    from atari_trtis_demo.policies import (
+        PROBE_TIMEOUT_SECONDS,
+        FallbackNotice,
+        FallbackPolicy,
+        LocalChainerPolicy,
+        Policy,
+        RemotePolicy,
+    )
 
     if not args.fallback_modelpath:
         client = InferenceClient(args.host, args.port, args.model, timeout=args.timeout, tls_ca=args.tls_ca)
-        policy: Policy = RemotePolicy(client)
+        policies: list[Policy] = [RemotePolicy(client) for _ in range(args.games)]
     else:
         # The local agent first: a broken --fallback-modelpath is an error even while the server answers.
         local = LocalChainerPolicy(args.fallback_modelpath, flag="--fallback-modelpath")
         client = InferenceClient(
             args.host, args.port, args.model, timeout=args.timeout, connect=False, tls_ca=args.tls_ca
         )
+        # Probes of a server that failed get a short deadline of their own: a server that accepts
+        # but never answers must not hold the game for the whole --timeout.
+        probe_timeout = min(args.timeout, PROBE_TIMEOUT_SECONDS)
+        probe_client = InferenceClient(
+            args.host, args.port, args.model, timeout=probe_timeout, connect=False, tls_ca=args.tls_ca
+        )
         try:
             client.connect()
             down = None
         except InferenceError as e:  # play starts locally and moves to the server when it answers
-            down = e
-        policy = FallbackPolicy(RemotePolicy(client), local, primary_down=down)
+            down = e  # (a refused key is a UserError, not an InferenceError: it ends the command)
+        notice = FallbackNotice()  # one console line for all the games
+        policies = [
+            FallbackPolicy(
+                RemotePolicy(client), local, primary_down=down, probe=RemotePolicy(probe_client), notice=notice
+            )
+            for _ in range(args.games)
+        ]
     try:
         where = f"the config of model '{args.model}' on {client.address}"
         config.env_id = remote_game(args.env, client.env_id, where, args.fallback_modelpath)
-        if args.games > 1:
-            from atari_trtis_demo.many_games import remote_games_main
-
-            return remote_games_main(client, config, args.games, args.json)
-        return finish(play(policy, config), args.json)
+        return exit_code(play_games(policies, config, announcer(args.json)))
     finally:
-        policy.close()
+        for policy in policies:
+            policy.close()
 
 
 def standalone_main(argv: Sequence[str] | None = None) -> int:
@@ -165,6 +201,6 @@ def standalone_main(argv: Sequence[str] | None = None) -> int:
     try:
         where = os.path.join(args.modelpath, AGENT_STATE_FILE)
         config.env_id = choose_game(args.env, recorded_env_id(args.modelpath), where)
-        return finish(play(policy, config), args.json)
+        return exit_code(play(policy, config, announcer(args.json)))
     finally:
         policy.close()

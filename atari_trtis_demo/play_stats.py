@@ -28,6 +28,15 @@ class LatencyStats:
         with self._lock:
             return self._seconds[-1] * 1e3 if self._seconds else None
 
+    @classmethod
+    def merged(cls, parts: list[LatencyStats]) -> LatencyStats:
+        """One set of every part's round trips (a part listed twice counts once): the aggregate of many games."""
+        whole = cls()
+        for part in {id(p): p for p in parts}.values():
+            with part._lock:
+                whole._seconds.extend(part._seconds)
+        return whole
+
     def summary(self) -> dict[str, float]:
         """``count``, ``mean_ms``, ``median_ms``, ``p99_ms`` (zeros before any request)."""
         with self._lock:

@@ -40,6 +40,7 @@ class Screen:
         self.surface = None
         self.paused_seconds = 0.0  # time spent paused, which play does not count as playing
         self._screenshot_saved = False
+        self.banner: list[str] = []  # the last game-over banner's lines, as shown
         if not self.draws:
             return
         if headless:
@@ -110,15 +111,25 @@ class Screen:
                     return True
             self.pygame.time.wait(20)
 
-    def game_over(self, lines: list[str]) -> None:
-        """Stay on a game-over screen with ``lines`` until a key is pressed or the window is closed."""
+    @property
+    def keys_can_come(self) -> bool:
+        """A window on a real display: SDL's dummy and offscreen drivers show nothing and get no key."""
+        return self.interactive and self.pygame.display.get_driver() not in ("dummy", "offscreen")
+
+    def game_over(self, headline: str, lines: list[str], seconds: float) -> None:
+        """A banner (``headline``, then ``lines``) that stays ``seconds``, or until a key or the window's close.
+
+        The caller prints the statistics first: nothing waits for this screen.
+        """
         if not self.interactive:
             return
         self.save_screenshot()  # the game as it ended, not the banner
+        hint = f"press a key or close the window (closes by itself in {seconds:g} s)" if seconds > 0 else "the end"
+        self.banner = [headline, *lines, hint]
         self.pygame.event.clear()
-        self._banner(["GAME OVER", *lines, "press a key or close the window"])
-        pg = self.pygame
-        while not any(e.type in (pg.QUIT, pg.KEYDOWN) for e in pg.event.get()):
+        self._banner(self.banner)
+        pg, deadline = self.pygame, time.monotonic() + seconds
+        while time.monotonic() < deadline and not any(e.type in (pg.QUIT, pg.KEYDOWN) for e in pg.event.get()):
             pg.time.wait(20)
 
     def save_screenshot(self) -> None:

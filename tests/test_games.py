@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def test_async_games_keep_at_most_one_request_in_flight_each(games_server) -> No
     with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
         outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=60), 3)
         time.sleep(0.5)  # the requests in flight when the games ended are answered too
-    a = outcome.aggregate
+    a = outcome
     assert a.error is None and a.mode == "async" and 0 < a.steps <= 3 * 60
     for game in outcome.games:
         figures = game.to_json()
@@ -127,14 +126,7 @@ def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) 
         shown.append([s.copy() for s in screens])
         real_draw(self, screens, *args)
 
-    def leave_the_game_over_screen() -> None:  # the screenshot is saved as the game-over screen opens
-        deadline = time.monotonic() + 60
-        while not shot.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
-        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_a, mod=0, unicode="", scancode=0))
-
-    threading.Thread(target=leave_the_game_over_screen, daemon=True).start()
+    # Under SDL's dummy driver no key can come: the game-over screen does not wait.
     GridScreen.draw_grid = draw_grid
     try:
         with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
@@ -142,7 +134,7 @@ def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) 
             outcome = play_games(client, config, 4)
     finally:
         GridScreen.draw_grid = real_draw
-    assert outcome.aggregate.steps == 100 and not outcome.aggregate.stopped_by_user
+    assert outcome.steps == 100 and not outcome.stopped_by_user
     image = pygame.surfarray.array3d(pygame.image.load(str(shot))).swapaxes(0, 1)
     layout = GridScreen("test", 4, scale=1, headless=True, screenshot="unused.png")  # the same layout, not drawn on
     # 2x2 cells of 160x210, each under its label strip, GAP pixels apart (issue 18: tiles touched).
@@ -167,7 +159,6 @@ def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) 
     "flags, words",
     [
         pytest.param(["--games", "0"], ["--games", "between 1 and 1024"], id="zero"),
-        pytest.param(["--games", "2", "--fallback-modelpath", "x"], ["--games", "--fallback-modelpath"], id="fallback"),
     ],
 )
 def test_bad_games_flags_are_one_line(flags: list[str], words: list[str]) -> None:

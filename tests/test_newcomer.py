@@ -145,15 +145,10 @@ def ball_visible(rgb) -> bool:
     return bool((rgb[93:188, 8:152].sum(axis=2) > 0).any())
 
 
-@pytest.mark.parametrize("how", ["argument", "environment"])
-def test_fire_on_life_loss_serves_after_every_lost_life(how, monkeypatch):
-    from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE, FireOnLifeLoss, find_wrapper, make_env
+def test_fire_on_life_loss_serves_after_every_lost_life():
+    from atari_trtis_demo.envs import FireOnLifeLoss, find_wrapper, make_env
 
-    if how == "environment":
-        monkeypatch.setenv(FIRE_ON_LIFE_LOSS_VARIABLE, "1")
-        env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0)
-    else:
-        env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=True)
+    env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=True)
     env.reset(seed=0)
     wrapper, ale = find_wrapper(env, FireOnLifeLoss), env.unwrapped.ale
     fire = env.unwrapped.get_action_meanings().index("FIRE")
@@ -187,11 +182,11 @@ def test_without_the_option_a_game_that_never_fires_stands_still():
     assert visible == 0 and ale.lives() == 5
 
 
-def test_training_never_fires_for_the_agent(monkeypatch):
-    from atari_trtis_demo.envs import FIRE_ON_LIFE_LOSS_VARIABLE, FireOnLifeLoss, find_wrapper, make_env
+def test_training_never_fires_for_the_agent():
+    from atari_trtis_demo.envs import FireOnLifeLoss, find_wrapper, make_env
 
-    monkeypatch.setenv(FIRE_ON_LIFE_LOSS_VARIABLE, "1")
-    assert find_wrapper(make_env("BreakoutNoFrameskip-v4", train=True), FireOnLifeLoss) is None
+    env = make_env("BreakoutNoFrameskip-v4", train=True, fire_on_life_loss=True)
+    assert find_wrapper(env, FireOnLifeLoss) is None
 
 
 # --- mp4 recordings keep the window's pixels ---

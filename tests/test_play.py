@@ -114,13 +114,6 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
     config = PlayConfig(sync=True, max_steps=40, rendering_scale=2, screenshot=str(shot), fps=0)
     from atari_trtis_demo.screen import Screen
 
-    def leave_the_game_over_screen() -> None:
-        while policy.latency.summary()["count"] < 40:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_a, mod=0, unicode="", scancode=0))
-
-    threading.Thread(target=leave_the_game_over_screen, daemon=True).start()
     frames = []
     real_draw = Screen.draw
 
@@ -193,7 +186,8 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
     # Paced, and many games: play is surely still going when the server dies.
     args = ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "200", "--episodes", "1000",
             "--max-steps", "300", "--timeout", "2", "--json", str(tmp_path / "stats.json")]  # fmt: skip
-    args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync"]
+    # Without fallback: --reconnect 0 ends play at the first failure (test_play_loop.py rides a restart out).
+    args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync", "--reconnect", "0"]
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
         game = Game(args)
         time.sleep(6)  # playing against the server meanwhile

@@ -103,6 +103,7 @@ def test_p_pauses_and_space_resumes() -> None:
 
 
 def test_game_over_screen_stays_until_a_key_and_shows_the_score(tmp_path: Path) -> None:
+    """Asked to stay (--game-over-seconds; under SDL's dummy driver it would not wait by default)."""
     policy = CountingPolicy()
     shot = tmp_path / "last.png"
     seen: dict[str, object] = {}
@@ -115,13 +116,16 @@ def test_game_over_screen_stays_until_a_key_and_shows_the_score(tmp_path: Path) 
         press(pygame.K_a)
 
     thread = in_background(script)
-    result = play(policy, PlayConfig(sync=True, max_steps=20, fps=0, rendering_scale=2, screenshot=str(shot)))
+    config = PlayConfig(sync=True, max_steps=20, fps=0, rendering_scale=2, screenshot=str(shot), game_over_seconds=30)
+    result = play(policy, config, announce=lambda r: seen.setdefault("announced", time.perf_counter()))
     returned = time.perf_counter()
     thread.join(5)
     assert result.steps == 20 and not result.stopped_by_user
     waited = returned - seen["game ended"]
     assert waited >= 1.4, "the window waited on the game-over screen for a key"
+    assert waited < 10, "left on the key"
     assert result.seconds < waited, "waiting there is not playing time"
+    assert seen["announced"] < seen["game ended"] + 1.0, "the statistics came before the wait"
     game = pygame.surfarray.array3d(pygame.image.load(str(shot))).swapaxes(0, 1)  # --screenshot: the game
     middle = slice(game.shape[0] * 2 // 5, game.shape[0] * 3 // 5)
 
@@ -140,7 +144,6 @@ def test_headless_play_never_waits_for_a_key() -> None:
 
 def test_title_names_the_player_and_the_mode() -> None:
     policy = CountingPolicy()
-    in_background(lambda: (wait_until(lambda: policy.calls >= 1), time.sleep(1.0), press(pygame.K_a)))
     play(policy, PlayConfig(sync=False, max_steps=5, fps=0, episodes=1, headless=False, seed=1))
     captions = set(policy.captions)
     assert captions == {"BreakoutNoFrameskip-v4: counting test policy, async inference"}, captions
@@ -155,6 +158,7 @@ def test_rendering_scale_takes_a_fraction_as_in_2019(tmp_path: Path) -> None:
 def test_overlay_does_not_show_a_stale_round_trip_while_on_the_fallback() -> None:
     class DownServer(CountingPolicy):
         name = "remote 127.0.0.1:1 model 'atari'"
+        remote = True
 
         def q_values(self, frames: np.ndarray) -> np.ndarray:
             raise ServerUnavailable("cannot connect to 127.0.0.1:1 (test)")
