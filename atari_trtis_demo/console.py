@@ -8,38 +8,9 @@ and exit code 2. The command's module is imported only when its script runs, so
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NoReturn
 
-from atari_trtis_demo.cli_args import run_cli
-from atari_trtis_demo.errors import UserError
-
-# What training, conversion and local play import that a client install (./setup.sh --client) leaves out.
-SERVER_SIDE_MODULES = frozenset({"chainer", "chainerrl", "onnx_chainer", "onnx", "onnxruntime", "gym", "matplotlib"})
-
-
-def needs_server_install(command: str, main: Callable[[], int | None]) -> Callable[[], int | None]:
-    """``main``, where a missing Chainer-side package is one ``error:`` line saying what to install.
-
-    ``pip install`` of this package installs every console script, also on a client-only
-    install; without this, ``atari-train`` there ended in a 14-line ModuleNotFoundError.
-    The import fails only once a command needs it, so ``--help`` and flag errors still work.
-    """
-
-    def guarded() -> int | None:
-        try:
-            return main()
-        except ModuleNotFoundError as e:
-            top = (e.name or "").split(".")[0]
-            if top not in SERVER_SIDE_MODULES:
-                raise
-            raise UserError(
-                f"{command} needs Chainer's side of the project ({top} is not installed), which a client install "
-                "(./setup.sh --client) leaves out: "
-                "run ./setup.sh for training, conversion and local play (or use atari-play, which needs no Chainer)"
-            ) from e
-
-    return guarded
+from atari_trtis_demo.cli_args import needs_server_install, run_cli
 
 
 def train() -> NoReturn:

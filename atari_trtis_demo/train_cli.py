@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atari_trtis_demo.cli_args import ArgumentParser, int_in
+from atari_trtis_demo.cli_args import ArgumentParser, int_in, needs_server_install
 from atari_trtis_demo.envs import DEFAULT_ENV_ID, EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.errors import UserError
 from atari_trtis_demo.game_id import recorded_env_id
@@ -86,8 +86,6 @@ class Start:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; without Chainer (a client install) one ``error:`` line says what to install."""
-    from atari_trtis_demo.console import needs_server_install
-
     # Also for train_src/train_dqn.py, which runs this main directly (atari-train goes through console.train).
     return needs_server_install(os.path.basename(sys.argv[0]) or "train_dqn.py", lambda: _main(argv))() or 0
 

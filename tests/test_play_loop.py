@@ -247,14 +247,18 @@ def lying_server(request):
 
 @pytest.mark.parametrize("lying_server", ["seven", "nan"], indirect=True)
 @pytest.mark.parametrize("mode", ["--sync", "--async-default"])
-def test_a_bad_answer_ends_play_in_one_line_sync_and_async(lying_server: int, mode: str, tmp_path: Path) -> None:
+def test_a_bad_answer_ends_play_in_one_line_sync_and_async(
+    lying_server: int, mode: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     stats = tmp_path / "stats.json"
     flags = [mode] if mode == "--sync" else []
     result = run_command(
         REMOTE, "--host", "127.0.0.1", "--port", str(lying_server), "--headless", "--fps", "0", "--max-steps", "300",
         "--json", str(stats), *flags, timeout=120,
     )  # fmt: skip
-    one_error_line(result, f"127.0.0.1:{lying_server}", "expected 4 finite Q-values", code=1)
+    # The client's own check of the answer (inference_client) words it; the loop checks again for any policy.
+    fault = {"seven": "expected [1, 4]", "nan": "not finite"}[request.node.callspec.params["lying_server"]]
+    one_error_line(result, f"127.0.0.1:{lying_server}", fault, code=1)
     figures = json.loads(stats.read_text())
     assert figures["error"] and figures["steps"] < 300, "play did not go on without a server"
 
@@ -271,7 +275,7 @@ def test_a_bad_answer_with_fallback_plays_on_locally(
         "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats), *flags, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("playing on with local inference") == 1 and "finite Q-values" in result.stdout
+    assert result.stdout.count("playing on with local inference") == 1 and "not finite" in result.stdout
     figures = json.loads(stats.read_text())
     assert figures["steps"] == 100 and figures["fallback_switches"] == 1 and figures["error"] is None
 
