@@ -19,9 +19,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.model_repository import CONFIG_FILENAME, DEFAULT_FILENAMES, MODEL_FILENAME, RepositoryModel
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.model_repository import CONFIG_FILENAME, DEFAULT_FILENAMES, MODEL_FILENAME, RepositoryModel
 
 TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")
 TWIN_FILENAME = DEFAULT_FILENAMES["python"]

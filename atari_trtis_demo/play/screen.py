@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
 
 ATARI_SIZE = (160, 210)  # width, height of the ALE screen
 RECORD_EVERY = 2  # agent steps per recorded GIF frame: keeps files small

@@ -12,9 +12,10 @@ Errors, and the exit code ``cli_args.run_cli`` gives them:
 
 - :class:`InferenceError` and its subclasses (server down, model not ready, request
   refused, bad answer, timeout) are subclasses of
-  :class:`~atari_trtis_demo.errors.ServiceError`: run-time failures, exit 1, the ones a fallback player plays through.
+  :class:`~atari_trtis_demo.core.errors.ServiceError`: run-time failures, exit 1, the ones a
+  fallback player plays through.
 - :class:`KeyRefused` and :class:`TlsMismatch` are
-  :class:`~atari_trtis_demo.errors.UserError` subclasses: the player's setup is wrong (the key,
+  :class:`~atari_trtis_demo.core.errors.UserError` subclasses: the player's setup is wrong (the key,
   the TLS flag), exit 2, and no fallback loop can mend them.
 
 No Chainer here.
@@ -37,11 +38,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from atari_trtis_demo.contract import ENV_ID_KEY, FRAME_SIZE, STACK_SIZE
-from atari_trtis_demo.errors import ServiceError, UserError, one_line
+from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, STACK_SIZE
+from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.play_stats import LatencyStats
+from atari_trtis_demo.play.play_stats import LatencyStats
 
 FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
 # KServe v2 tensor data types by numpy dtype (only what a request may carry here).

@@ -19,11 +19,10 @@ import onnx
 import onnx_chainer
 import onnxruntime as ort
 
-from atari_trtis_demo.agent import batch_q_values, load_q_function
-from atari_trtis_demo.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.game_id import AGENT_STATE_FILE, ENV_ID_KEY, recorded_env_id, resolve_env_id
-from atari_trtis_demo.model_repository import (
+from atari_trtis_demo.core.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, ENV_ID_KEY, recorded_env_id, resolve_env_id
+from atari_trtis_demo.core.model_repository import (
     CONFIG_FILENAME,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -34,6 +33,7 @@ from atari_trtis_demo.model_repository import (
     write_file_atomic,
     write_model_version,
 )
+from atari_trtis_demo.train.agent import batch_q_values, load_q_function
 
 OPSET = 11  # ONNX-Chainer's default; onnxruntime and Triton's ONNX backend run it
 TOLERANCE = 1e-5

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import grpc
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.serve_security import (
+from atari_trtis_demo.serving.serve_security import (
     PLAYER_HEADER,
     Access,
     grpc_metadata,
@@ -38,8 +38,8 @@ from atari_trtis_demo.serve_security import (
     triton_address,
     triton_http_address,
 )
-from atari_trtis_demo.triton_twin import server_environment
-from atari_trtis_demo.triton_workdir import (
+from atari_trtis_demo.serving.triton_twin import server_environment
+from atari_trtis_demo.serving.triton_workdir import (
     LogPump,
     claim_workdir,
     processes_using,

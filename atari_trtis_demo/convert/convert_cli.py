@@ -7,11 +7,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from atari_trtis_demo.cli_args import ArgumentParser, int_in
-from atari_trtis_demo.envs import DEFAULT_ENV_ID
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.game_id import AGENT_STATE_FILE, describe_choice
-from atari_trtis_demo.model_repository import (
+from atari_trtis_demo.core.cli_args import ArgumentParser, int_in
+from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, describe_choice
+from atari_trtis_demo.core.model_repository import (
     INSTANCE_COUNT_LIMIT,
     INSTANCE_KINDS,
     MAX_BATCH_SIZE_LIMIT,
@@ -90,11 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if (args.model is None) == (args.pretrained is None):
         raise UserError("give --model DIR (an agent directory) or --pretrained ENV (ChainerRL's published agent)")
-    from atari_trtis_demo.onnx_export import TOLERANCE, VERIFY_BATCHES, convert
+    from atari_trtis_demo.convert.onnx_export import TOLERANCE, VERIFY_BATCHES, convert
 
     model_dir, repository = args.model, args.repository or "trtismodel"
     if args.pretrained:
-        from atari_trtis_demo.model_zoo import pretrained_root, save_pretrained
+        from atari_trtis_demo.train.model_zoo import pretrained_root, save_pretrained
 
         if args.env and args.env != args.pretrained:
             raise UserError(f"--env {args.env} contradicts --pretrained {args.pretrained}; give only --pretrained")

@@ -2,7 +2,7 @@
 
 The converter writes it (:func:`render_config`, :func:`write_model_version`), the
 server reads it (:func:`read_repository`). No Chainer here. Writes are atomic
-(:mod:`atari_trtis_demo.atomic`): a failed conversion leaves the repository as it
+(:mod:`atari_trtis_demo.core.atomic`): a failed conversion leaves the repository as it
 was, and a config never points to a version that is not fully written.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from atari_trtis_demo import atomic
-from atari_trtis_demo.contract import FRAME_SIZE, INPUT_NAME, OUTPUT_NAME, STACK_SIZE  # re-exported
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core import atomic
+from atari_trtis_demo.core.contract import FRAME_SIZE, INPUT_NAME, OUTPUT_NAME, STACK_SIZE  # re-exported
+from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
 MODEL_FILENAME = "model.onnx"

@@ -4,7 +4,7 @@ Each cell is a game's ALE screen scaled alike (nearest neighbour) with its numbe
 score in a strip above it, a small gap between cells, the grid sized to fit the screen;
 the bar below the grid shows the aggregate figures (agent steps/s, requests/s, round-trip
 latency). Keys, pause, the game-over screen, screenshots and recordings behave as in the one-game window
-(:class:`~atari_trtis_demo.screen.Screen`, whose methods this reuses). No Chainer here.
+(:class:`~atari_trtis_demo.play.screen.Screen`, whose methods this reuses). No Chainer here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from atari_trtis_demo.screen import ATARI_SIZE, RECORD_EVERY, Screen
+from atari_trtis_demo.play.screen import ATARI_SIZE, RECORD_EVERY, Screen
 
 # The largest grid when no display tells its size (headless recordings and screenshots); the cells keep
 # the Atari's aspect and the overlay bar goes below.

@@ -5,7 +5,7 @@ Cheap to import: CuPy (through Chainer) is imported only when a GPU is asked for
 
 from __future__ import annotations
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
 
 
 def check_gpu(gpu: int) -> None:

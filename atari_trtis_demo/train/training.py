@@ -21,9 +21,9 @@ from typing import Any, TextIO
 from chainerrl.experiments import train_agent
 from chainerrl.experiments.evaluator import Evaluator
 
-from atari_trtis_demo.agent import AGENT_STATE_FILE, read_agent_step
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.plots import plot_learning_curve
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.train.agent import AGENT_STATE_FILE, read_agent_step
+from atari_trtis_demo.train.plots import plot_learning_curve
 
 SCORES_FILE = "scores.txt"
 CURVE_FILE = "learning_curve.png"

@@ -31,7 +31,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
 
 ADMIN_HEADER = "atari-admin-key"
 PLAYER_HEADER = "atari-demo-key"

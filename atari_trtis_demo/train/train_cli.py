@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atari_trtis_demo.cli_args import ArgumentParser, int_in
-from atari_trtis_demo.envs import DEFAULT_ENV_ID, EVAL_EPSILON, OldGymAPI, make_env
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.game_id import recorded_env_id
-from atari_trtis_demo.gpu import check_gpu
+from atari_trtis_demo.core.cli_args import ArgumentParser, int_in, needs_server_install
+from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, EVAL_EPSILON, OldGymAPI, make_env
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.game_id import recorded_env_id
+from atari_trtis_demo.train.gpu import check_gpu
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +86,6 @@ class Start:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; without Chainer (a client install) one ``error:`` line says what to install."""
-    from atari_trtis_demo.console import needs_server_install
-
     # Also for train_src/train_dqn.py, which runs this main directly (atari-train goes through console.train).
     return needs_server_install(os.path.basename(sys.argv[0]) or "train_dqn.py", lambda: _main(argv))() or 0
 
@@ -133,8 +131,8 @@ def make_envs(args: argparse.Namespace) -> tuple[OldGymAPI, OldGymAPI]:
 
 def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]:
     """A new DQN, loaded from ``--load``, ``--load-pretrained`` or ``--resume`` when given."""
-    from atari_trtis_demo.agent import load_agent, make_agent
-    from atari_trtis_demo.training import previous_score_rows, resolve_resume
+    from atari_trtis_demo.train.agent import load_agent, make_agent
+    from atari_trtis_demo.train.training import previous_score_rows, resolve_resume
 
     agent = make_agent(
         n_actions,
@@ -148,7 +146,7 @@ def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]
         load_agent(agent, args.load, env_n_actions=n_actions)
         return agent, Start(agent_dir=args.load)
     if args.load_pretrained:
-        from atari_trtis_demo.model_zoo import download_pretrained
+        from atari_trtis_demo.train.model_zoo import download_pretrained
 
         load_agent(agent, download_pretrained(args.env, args.pretrained_type), env_n_actions=n_actions)
         return agent, Start()
@@ -187,7 +185,7 @@ def remove_killed_saves(outdir: str, start_dir: str | None) -> None:
     its agent directories: in the run this one starts from, or in any earlier run
     under ``--outdir``.
     """
-    from atari_trtis_demo.agent import remove_unfinished_saves
+    from atari_trtis_demo.train.agent import remove_unfinished_saves
 
     run_dirs = {os.path.dirname(os.path.normpath(start_dir)) or "."} if start_dir else set()
     if os.path.isdir(outdir):
@@ -204,7 +202,7 @@ def remove_killed_saves(outdir: str, start_dir: str | None) -> None:
 
 def start_run(args: argparse.Namespace, argv: list[str]) -> str:
     """The new run directory, with log.txt; SIGTERM (a scheduler or ``kill``) will end training like Ctrl-C."""
-    from atari_trtis_demo.training import prepare_output_dir
+    from atari_trtis_demo.train.training import prepare_output_dir
 
     outdir = prepare_output_dir(vars(args), args.outdir, [sys.argv[0]] + argv)
     print(f"Output files are saved in {outdir}", file=sys.stderr)
@@ -217,7 +215,7 @@ def train(
     agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str, start: Start
 ) -> Any:
     """ChainerRL's training loop with evaluations, checkpoints and the progress line; its evaluator."""
-    from atari_trtis_demo.training import train_with_evaluation
+    from atari_trtis_demo.train.training import train_with_evaluation
 
     return train_with_evaluation(
         agent,
@@ -236,7 +234,7 @@ def train(
 
 def where_saved(outdir: str) -> str:
     """After Ctrl-C: where ChainerRL saved the agent and how to continue."""
-    from atari_trtis_demo.training import list_checkpoints
+    from atari_trtis_demo.train.training import list_checkpoints
 
     saved = [p for p in list_checkpoints(outdir) if p.endswith("_except")]
     return f"the agent is saved in {saved[-1]}; continue with --resume {saved[-1]}" if saved else "nothing saved"
@@ -256,7 +254,7 @@ def final_evaluation(
     """
     from chainerrl.experiments.evaluator import eval_performance
 
-    from atari_trtis_demo.agent import load_agent
+    from atari_trtis_demo.train.agent import load_agent
 
     best_dir = os.path.join(outdir, "best")
     if not os.path.isdir(best_dir):

@@ -31,10 +31,10 @@ from chainerrl import agents, explorers, links, replay_buffer  # noqa: E402
 from chainerrl.action_value import DiscreteActionValue  # noqa: E402
 from chainerrl.agent import load_npz_no_strict  # noqa: E402
 
-from atari_trtis_demo.atomic import UNFINISHED_DIR, DirectorySwap, recover_interrupted_swap
-from atari_trtis_demo.contract import AGENT_STATE_FILE, ENV_ID_KEY, STACK_SIZE
-from atari_trtis_demo.envs import scale_observation
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.atomic import UNFINISHED_DIR, DirectorySwap, recover_interrupted_swap
+from atari_trtis_demo.core.contract import AGENT_STATE_FILE, ENV_ID_KEY, STACK_SIZE
+from atari_trtis_demo.core.envs import scale_observation
+from atari_trtis_demo.core.errors import UserError
 
 MODEL_FILE = "model.npz"
 # Shapes of a Nature DQN's weights in model.npz; the last layer's rows are n_actions.
@@ -63,7 +63,7 @@ class AtomicSaveDQN(agents.DQN):
     Every save in ChainerRL (``best/``, checkpoints, ``<t>_finish``, ``<t>_except``)
     goes through ``agent.save``, so making this one method atomic protects them all:
     the files are written to a sibling temporary directory, flushed to disk, and
-    swapped in with renames (:class:`~atari_trtis_demo.atomic.DirectorySwap`). A crash
+    swapped in with renames (:class:`~atari_trtis_demo.core.atomic.DirectorySwap`). A crash
     or kill at any moment leaves either the old directory or the new one (or, between
     the two renames, the old one under a ``.old-*`` name that :func:`load_agent` recovers).
 
@@ -96,7 +96,7 @@ def remove_unfinished_saves(parent: str, *, min_age: float = UNFINISHED_SAVE_MIN
     """Delete the ``<name>.tmp-<tag>`` directories killed saves left in ``parent``.
 
     ``<name>.tmp-<tag>`` is where :meth:`AtomicSaveDQN.save` writes before its renames
-    (:data:`atari_trtis_demo.atomic.UNFINISHED_DIR`); one left behind is a save killed
+    (:data:`atari_trtis_demo.core.atomic.UNFINISHED_DIR`); one left behind is a save killed
     (kill -9, power loss) before it was swapped in.
 
     Only directories holding nothing but an agent save's files (``model.npz``, ...,

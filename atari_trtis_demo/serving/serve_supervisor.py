@@ -17,9 +17,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.triton_process import StartCancelled, TritonServer, describe_exit
-from atari_trtis_demo.triton_workdir import triton_errors
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.serving.triton_process import StartCancelled, TritonServer, describe_exit
+from atari_trtis_demo.serving.triton_workdir import triton_errors
 
 MAX_CRASHES = 5
 CRASH_WINDOW_S = 300.0

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.inference_client import BadResponse, InferenceClient, InferenceError
-from atari_trtis_demo.play_stats import LatencyStats
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.play.inference_client import BadResponse, InferenceClient, InferenceError
+from atari_trtis_demo.play.play_stats import LatencyStats
 
 logger = logging.getLogger(__name__)
 FALLBACK_PROBE_SECONDS = 2.0  # while on the fallback, the server is tried again this often
@@ -106,7 +106,7 @@ class LocalChainerPolicy(Policy):
 
     def __init__(self, model_dir: str, *, flag: str = "--modelpath") -> None:
         try:
-            from atari_trtis_demo.agent import batch_q_values, load_q_function
+            from atari_trtis_demo.train.agent import batch_q_values, load_q_function
         except ImportError as e:  # a client-only install (./setup.sh --client) has no Chainer
             raise UserError(
                 f"{flag} {model_dir}: local inference needs Chainer and ChainerRL, which this environment lacks "

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from atari_trtis_demo.envs import GameScore, find_wrapper, scale_observation
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.inference_client import InferenceError, RequestTimeout, ServerError, ServerUnavailable
-from atari_trtis_demo.play_result import CUT_SHORT, STEP_LIMIT, TERMINATED, TRUNCATED, EpisodeStats, OutageStats
-from atari_trtis_demo.play_stats import staleness_summary
-from atari_trtis_demo.policies import Policy, checked_q_values
+from atari_trtis_demo.core.envs import GameScore, find_wrapper, scale_observation
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.play.inference_client import InferenceError, RequestTimeout, ServerError, ServerUnavailable
+from atari_trtis_demo.play.play_result import CUT_SHORT, STEP_LIMIT, TERMINATED, TRUNCATED, EpisodeStats, OutageStats
+from atari_trtis_demo.play.play_stats import staleness_summary
+from atari_trtis_demo.play.policies import Policy, checked_q_values
 
 # The server is away, not the request wrong: these are ridden out (ServerGoingAway is a ServerUnavailable).
 OUTAGE_ERRORS = (ServerUnavailable, RequestTimeout)

@@ -1,7 +1,7 @@
 """Command-line parsing shared by the five commands: one-line errors and range-checked numbers.
 
-:func:`run_cli` runs a command's ``main`` so that a :class:`~atari_trtis_demo.errors.UserError`
-ends it with one ``error: ...`` line and exit code 2, a :class:`~atari_trtis_demo.errors.ServiceError`
+:func:`run_cli` runs a command's ``main`` so that a :class:`~atari_trtis_demo.core.errors.UserError`
+ends it with one ``error: ...`` line and exit code 2, a :class:`~atari_trtis_demo.core.errors.ServiceError`
 (a run-time failure: server down, bad answer) with one line and exit code 1.
 
 argparse prints a usage block and then the error; a user who typed ``--fps -5`` needs
@@ -19,7 +19,34 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from atari_trtis_demo.errors import ServiceError, UserError, one_line
+from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
+
+# What training, conversion and local play import that a client install (./setup.sh --client) leaves out.
+SERVER_SIDE_MODULES = frozenset({"chainer", "chainerrl", "onnx_chainer", "onnx", "onnxruntime", "gym", "matplotlib"})
+
+
+def needs_server_install(command: str, main: Callable[[], int | None]) -> Callable[[], int | None]:
+    """``main``, where a missing Chainer-side package is one ``error:`` line saying what to install.
+
+    ``pip install`` of this package installs every console script, also on a client-only
+    install; without this, ``atari-train`` there ended in a 14-line ModuleNotFoundError.
+    The import fails only once a command needs it, so ``--help`` and flag errors still work.
+    """
+
+    def guarded() -> int | None:
+        try:
+            return main()
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if top not in SERVER_SIDE_MODULES:
+                raise
+            raise UserError(
+                f"{command} needs Chainer's side of the project ({top} is not installed), which a client install "
+                "(./setup.sh --client) leaves out: "
+                "run ./setup.sh for training, conversion and local play (or use atari-play, which needs no Chainer)"
+            ) from e
+
+    return guarded
 
 
 def run_cli(main: Callable[[], int | None]) -> NoReturn:

@@ -1,6 +1,6 @@
 """Atari environments with DeepMind preprocessing, shared by training and both players.
 
-The wrappers (:mod:`atari_trtis_demo.atari_wrappers`) reproduce ChainerRL's
+The wrappers (:mod:`atari_trtis_demo.core.atari_wrappers`) reproduce ChainerRL's
 ``atari_wrappers`` on top of ``ale-py`` + ``gymnasium``, so that a model sees in play
 exactly the pixels it saw in training. Order of wrappers, as in ChainerRL's
 ``make_atari`` + ``wrap_deepmind``:
@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from atari_trtis_demo.atari_wrappers import (
+from atari_trtis_demo.core.atari_wrappers import (
     ACTION_REPEAT,
     EVAL_EPSILON,
     FRAME_SIZE,
@@ -40,8 +40,8 @@ from atari_trtis_demo.atari_wrappers import (
     RandomizeAction,
     WarpFrame,
 )
-from atari_trtis_demo.contract import DEFAULT_ENV_ID  # re-exported: the model's contract
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID  # re-exported: the model's contract
+from atari_trtis_demo.core.errors import UserError
 
 # What users of the envs import from here; the wrappers and their constants live in atari_wrappers.
 __all__ = [

@@ -11,7 +11,7 @@ import os
 import shutil
 import zipfile
 
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
 
 # Where ChainerRL's model zoo lives; ATARI_DEMO_MODEL_ZOO_URL overrides it (a mirror,
 # or a file:// directory of archives in the tests).
@@ -66,8 +66,8 @@ def save_pretrained(env_id: str, model_type: str, agent_dir: str) -> int:
     recording the game), so the converter and the players know its game. Returns the
     action count. Imports Chainer.
     """
-    from atari_trtis_demo.agent import load_agent, make_agent
-    from atari_trtis_demo.envs import make_env
+    from atari_trtis_demo.core.envs import make_env
+    from atari_trtis_demo.train.agent import load_agent, make_agent
 
     env = make_env(env_id, train=False)  # an unknown id fails before the download
     n_actions = int(env.action_space.n)

@@ -2,7 +2,7 @@
 
 ChainerRL's own (a fork of OpenAI baselines') need the retired ``gym`` API and Chainer
 itself, and the client side of this project must not need Chainer: they are written
-again here, the same frames in, the same pixels out. :func:`atari_trtis_demo.envs.make_env`
+again here, the same frames in, the same pixels out. :func:`atari_trtis_demo.core.envs.make_env`
 puts them together; this module imports neither Chainer nor ChainerRL.
 """
 
@@ -16,8 +16,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from atari_trtis_demo.contract import FRAME_SIZE, STACK_SIZE  # re-exported: the model's contract
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.contract import FRAME_SIZE, STACK_SIZE  # re-exported: the model's contract
+from atari_trtis_demo.core.errors import UserError
 
 NOOP_MAX = 30
 ACTION_REPEAT = 4

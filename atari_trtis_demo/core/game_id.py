@@ -13,8 +13,8 @@ import os
 
 # The file name, the key and the default game are part of the model's contract (shared by every stage);
 # taking them from contract rather than envs keeps cv2 and gymnasium out of the players' and the server's imports.
-from atari_trtis_demo.contract import AGENT_STATE_FILE, DEFAULT_ENV_ID, ENV_ID_KEY
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.contract import AGENT_STATE_FILE, DEFAULT_ENV_ID, ENV_ID_KEY
+from atari_trtis_demo.core.errors import UserError
 
 __all__ = [
     "AGENT_STATE_FILE",

@@ -21,14 +21,14 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 
-from atari_trtis_demo.envs import make_env, scale_observation
-from atari_trtis_demo.grid_screen import GridScreen
-from atari_trtis_demo.inference_client import BadResponse, InferenceError, RequestTimeout
-from atari_trtis_demo.play_parts import Game, Outage, check_action_count, checked_action, overlay_lines
-from atari_trtis_demo.play_result import CUT_SHORT, GAME_OVER_SECONDS, STEP_LIMIT, Pace, PlayConfig, PlayResult
-from atari_trtis_demo.play_stats import LatencyStats
-from atari_trtis_demo.policies import Policy
-from atari_trtis_demo.screen import Screen, check_record_path
+from atari_trtis_demo.core.envs import make_env, scale_observation
+from atari_trtis_demo.play.grid_screen import GridScreen
+from atari_trtis_demo.play.inference_client import BadResponse, InferenceError, RequestTimeout
+from atari_trtis_demo.play.play_parts import Game, Outage, check_action_count, checked_action, overlay_lines
+from atari_trtis_demo.play.play_result import CUT_SHORT, GAME_OVER_SECONDS, STEP_LIMIT, Pace, PlayConfig, PlayResult
+from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.policies import Policy
+from atari_trtis_demo.play.screen import Screen, check_record_path
 
 WAIT_SLICE = 0.05  # a loop waiting for answers looks at the keys this often
 OVERLAY_SECONDS = 1.0  # the many-game overlay's percentiles are recomputed this often (they cover every request)

@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from atari_trtis_demo.cli_args import ArgumentParser, float_in, int_in, output_file, port
-from atari_trtis_demo.envs import DEFAULT_ENV_ID, check_env_id
+from atari_trtis_demo.core.cli_args import ArgumentParser, float_in, int_in, output_file, port
+from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, check_env_id
 
 
 def add_play_flags(p: argparse.ArgumentParser) -> None:
@@ -60,8 +60,8 @@ def add_play_flags(p: argparse.ArgumentParser) -> None:
 
 
 def play_config(args: argparse.Namespace):  # -> PlayConfig
-    from atari_trtis_demo.play_result import PlayConfig
-    from atari_trtis_demo.screen import check_record_path
+    from atari_trtis_demo.play.play_result import PlayConfig
+    from atari_trtis_demo.play.screen import check_record_path
 
     check_record_path(args.record)
     return PlayConfig(
@@ -83,7 +83,7 @@ def play_config(args: argparse.Namespace):  # -> PlayConfig
 
 def announcer(json_path: str | None):  # -> Callable[[PlayResult], None]
     """Print the statistics (and write --json) as soon as play ends: before any game-over screen."""
-    from atari_trtis_demo.play_result import write_json
+    from atari_trtis_demo.play.play_result import write_json
 
     def announce(result) -> None:  # result: PlayResult
         print(result.report(), flush=True)
@@ -131,10 +131,10 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
         check_env_id(args.env)  # a typo is refused before connecting
     config = play_config(args)  # env_id: set below, once the model's own game is known
     config.reconnect, config.request_timeout = args.reconnect, args.timeout
-    from atari_trtis_demo.game_id import remote_game
-    from atari_trtis_demo.inference_client import InferenceClient, InferenceError
-    from atari_trtis_demo.play_loop import play_games
-    from atari_trtis_demo.policies import (
+    from atari_trtis_demo.core.game_id import remote_game
+    from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
+    from atari_trtis_demo.play.play_loop import play_games
+    from atari_trtis_demo.play.policies import (
         PROBE_TIMEOUT_SECONDS,
         FallbackNotice,
         FallbackPolicy,
@@ -193,9 +193,9 @@ def standalone_main(argv: Sequence[str] | None = None) -> int:
     if args.env:
         check_env_id(args.env)
     config = play_config(args)  # env_id: set below, once the model's own game is known
-    from atari_trtis_demo.game import play
-    from atari_trtis_demo.game_id import AGENT_STATE_FILE, choose_game, recorded_env_id
-    from atari_trtis_demo.policies import LocalChainerPolicy
+    from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, choose_game, recorded_env_id
+    from atari_trtis_demo.play.game import play
+    from atari_trtis_demo.play.policies import LocalChainerPolicy
 
     policy = LocalChainerPolicy(args.modelpath)
     try:

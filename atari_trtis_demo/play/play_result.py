@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atari_trtis_demo.envs import DEFAULT_ENV_ID
-from atari_trtis_demo.play_stats import staleness_buckets, staleness_summary
+from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
+from atari_trtis_demo.play.play_stats import staleness_buckets, staleness_summary
 
 # The Atari's own pace: 60 frames/s, and one agent step is 4 frames (action repeat).
 REAL_TIME_FPS = 15.0
