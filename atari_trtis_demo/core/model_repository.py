@@ -66,6 +66,18 @@ def check_model_name(name: str) -> str:
     return name
 
 
+# The file's only comments: what wrote it and where its fields are explained. Measured
+# figures (what a queue delay or a second instance buys) live in docs/benchmarks.md, where
+# they are dated and reproducible, not in every config the converter writes.
+CONFIG_HEADER = (
+    "# Triton model configuration written by onnx_converter_src/converter.py through protobuf's text format\n"
+    "# (atari_trtis_demo.core.model_repository.render_config). Tuning max_batch_size, dynamic_batching's\n"
+    '# max_queue_delay_microseconds and instance_group: docs/benchmarks.md, "Many games through one server".\n'
+)
+# The config line naming how Triton runs the model, per backend: (platform, backend).
+_BACKENDS = {"onnxruntime": ("onnxruntime_onnx", ""), "python": ("", "python")}
+
+
 def render_config(
     name: str,
     n_actions: int,
@@ -78,7 +90,7 @@ def render_config(
     dynamic_batching: bool = True,
     max_queue_delay_us: int = 100,
 ) -> str:
-    """The ``config.pbtxt`` Triton needs to load the exported DQN, with comments for users.
+    """The ``config.pbtxt`` Triton needs to load the exported DQN: a ``ModelConfig`` in protobuf's text format.
 
     ``parameters`` become the config's string ``parameters`` (facts that travel with the
     model, such as its game); keys and values are letters, digits and ``_ - . /``.
@@ -87,11 +99,6 @@ def render_config(
     request merging out (every request runs alone); ``max_queue_delay_us`` is how long
     Triton may hold a request to batch it with others.
     """
-    # The config line naming how Triton runs the model, and the file it loads, per backend.
-    backends = {
-        "onnxruntime": ('platform: "onnxruntime_onnx"', MODEL_FILENAME),
-        "python": ('backend: "python"', DEFAULT_FILENAMES["python"]),
-    }
     check_model_name(name)
     if instance_kind not in INSTANCE_KINDS:
         raise UserError(f"--instance-kind must be one of {', '.join(INSTANCE_KINDS)}, got {instance_kind}")
@@ -99,67 +106,36 @@ def render_config(
         raise UserError(f"--max-batch-size must be between 1 and {MAX_BATCH_SIZE_LIMIT}, got {max_batch_size}")
     if not 1 <= instance_count <= INSTANCE_COUNT_LIMIT:
         raise UserError(f"--instance-count must be between 1 and {INSTANCE_COUNT_LIMIT}, got {instance_count}")
-    if backend not in backends:
-        raise UserError(f"backend must be one of {', '.join(backends)}, got {backend}")
+    if backend not in _BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend}")
     if max_queue_delay_us < 0:
         raise UserError(f"max_queue_delay_us must be at least 0, got {max_queue_delay_us}")
     for key, value in (parameters or {}).items():
+        # protobuf would quote anything; the narrow alphabet keeps parameters greppable and path-safe.
         if not _PARAMETER_TEXT.fullmatch(key) or not _PARAMETER_TEXT.fullmatch(value):
             raise UserError(f"config parameter {key!r}: {value!r} cannot be written into config.pbtxt")
-    parameter_lines = "".join(
-        f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
-        for key, value in (parameters or {}).items()
+    platform, backend_name = _BACKENDS[backend]
+    config = pb.ModelConfig(
+        name=name,
+        platform=platform,
+        backend=backend_name,
+        # The largest batch Triton may form from queued requests; the ONNX model accepts any batch
+        # size, and the batch dimension is implicit in the dims below.
+        max_batch_size=max_batch_size,
+        input=[pb.ModelInput(name=INPUT_NAME, data_type=pb.TYPE_FP32, dims=[STACK_SIZE, FRAME_SIZE, FRAME_SIZE])],
+        output=[pb.ModelOutput(name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[n_actions])],
+        instance_group=[
+            pb.ModelInstanceGroup(count=instance_count, kind=pb.ModelInstanceGroup.Kind.Value(instance_kind))
+        ],
+        default_model_filename=MODEL_FILENAME if backend == "onnxruntime" else DEFAULT_FILENAMES["python"],
     )
-    kind_line, model_filename = backends[backend]
-    batching_lines = (
-        "# Dynamic batching: Triton merges requests of different players that wait in its\n"
-        "# queue into one execution of up to max_batch_size. max_queue_delay_microseconds is\n"
-        "# how long a request may wait for others; a lone player pays it on every request.\n"
-        "# For many players raise it: real-time players (15 requests/s each) and the server\n"
-        "# on 2 CPU cores, 100 us formed batches of about 2.5 and held 64 players, not 80;\n"
-        "# 3000 us formed batches of about 14, held 80 (p99 38 ms) with a quarter less\n"
-        "# server CPU, but a lone player's round trip went from 0.9 to 4.3 ms\n"
-        "# (bench/bench_games.py, docs/benchmarks.md).\n"
-        "# preferred_batch_size is left unset: a batch goes when the delay ends or\n"
-        "# max_batch_size requests wait; list sizes (e.g. [ 8, 16 ]) to send those sooner.\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
-        if dynamic_batching
-        else ""
-    )
-    return f"""# Triton model configuration written by onnx_converter_src/converter.py.
-name: "{name}"
-{kind_line}
-# The largest batch Triton may form from queued requests; the ONNX model itself
-# accepts any batch size. The batch dimension is implicit in the dims below.
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{INPUT_NAME}"
-    data_type: TYPE_FP32
-    # 4 stacked {FRAME_SIZE}x{FRAME_SIZE} grayscale frames scaled to [0, 1] by the client.
-    dims: [ {STACK_SIZE}, {FRAME_SIZE}, {FRAME_SIZE} ]
-  }}
-]
-output [
-  {{
-    name: "{OUTPUT_NAME}"
-    data_type: TYPE_FP32
-    # One Q-value per action of the game the agent was trained on.
-    dims: [ {n_actions} ]
-  }}
-]
-{batching_lines}instance_group [
-  {{
-    # KIND_GPU on a GPU server; KIND_CPU where there is none. More instances run
-    # batches in parallel, which pays only with spare cores or GPUs: on 2 CPU cores
-    # shared with the players, 2 instances (3000 us delay) missed real time at 32
-    # players where 1 held 64 in the same run: smaller batches, the same cores.
-    count: {instance_count}
-    kind: {instance_kind}
-  }}
-]
-default_model_filename: "{model_filename}"
-{parameter_lines}"""
+    if dynamic_batching:
+        # SetInParent: a delay of 0 is proto3's default and prints nothing, but the block must still be there.
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return CONFIG_HEADER + text_format.MessageToString(config, use_short_repeated_primitives=True)
 
 
 def version_dirs(model_dir: str | Path, flag: str = "--model-repository") -> list[int]:
