@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from atari_trtis_demo.play.screen import ATARI_SIZE, RECORD_EVERY, Screen
+from atari_trtis_demo.play.screen import ATARI_SIZE, DEFAULT_SCALE, RECORD_EVERY, Screen
 
 # The largest grid when no display tells its size (headless recordings and screenshots); the cells keep
 # the Atari's aspect and the overlay bar goes below.
@@ -71,7 +71,7 @@ class GridScreen(Screen):
         title: str,
         n: int,
         *,
-        scale: float = 3.0,
+        scale: float = DEFAULT_SCALE,
         headless: bool = False,
         record: str | None = None,
         screenshot: str | None = None,

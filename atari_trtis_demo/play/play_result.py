@@ -13,8 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
+from atari_trtis_demo.core.cli_args import float_in, int_in, output_file
+from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, EVAL_EPSILON
+from atari_trtis_demo.core.typed_flags import flag
 from atari_trtis_demo.play.play_stats import staleness_buckets, staleness_summary
+from atari_trtis_demo.play.screen import DEFAULT_SCALE
 
 # The Atari's own pace: 60 frames/s, and one agent step is 4 frames (action repeat).
 REAL_TIME_FPS = 15.0
@@ -22,6 +25,8 @@ REAL_TIME_FPS = 15.0
 EVALUATION_EPISODE_CAP = 4500
 # How long a player rides out a server that is away, by default (--reconnect).
 RECONNECT_SECONDS = 30.0
+# The remote player's per-request deadline, by default (--timeout).
+REQUEST_TIMEOUT_SECONDS = 5.0
 # How long the game-over screen stays where a key can come, by default (--game-over-seconds).
 GAME_OVER_SECONDS = 10.0
 
@@ -31,21 +36,66 @@ TERMINATED, TRUNCATED, STEP_LIMIT, CUT_SHORT = "terminated", "truncated", "step 
 
 @dataclass
 class PlayConfig:
-    env_id: str = DEFAULT_ENV_ID
-    episodes: int = 1
-    max_steps: int | None = None  # None: the evaluation cap, EVALUATION_EPISODE_CAP
-    sync: bool = False
-    headless: bool = False
-    fps: float = REAL_TIME_FPS
-    rendering_scale: float = 3.0
-    seed: int = 0
-    epsilon: float = 0.05
-    record: str | None = None
-    screenshot: str | None = None
-    fire_on_life_loss: bool = False  # FIRE at the start and after each lost life (envs.FireOnLifeLoss)
-    reconnect: float = RECONNECT_SECONDS  # 0: the first failed request ends play
-    request_timeout: float | None = None  # a remote policy's per-request deadline: an answer older is lost
-    game_over_seconds: float | None = None  # None: GAME_OVER_SECONDS where a key can come, else 0
+    """What both players are asked to do; each field with a flag is that flag's one definition (play_cli)."""
+
+    # --env unset parses as None: the command sets the model's own game, else DEFAULT_ENV_ID.
+    env_id: str | None = flag(
+        DEFAULT_ENV_ID,
+        "--env",
+        unset=None,
+        help=f"the game (default: the model's own, else {DEFAULT_ENV_ID} if it records none)",
+    )
+    episodes: int = flag(1, type=int_in(1), help="whole games to play (all lives)")
+    # None: the evaluation cap, EVALUATION_EPISODE_CAP
+    max_steps: int | None = flag(None, type=int_in(1), help="cap on agent steps per episode (default: none)")
+    # The remote player's --sync; the standalone player declares its own (--sync/--async, on by default).
+    sync: bool = flag(False, action="store_true", help="wait for each action (default: asynchronous inference)")
+    headless: bool = flag(False, action="store_true", help="no window (servers, tests, benchmarks)")
+    fps: float = flag(
+        REAL_TIME_FPS,
+        type=float_in(0, 10000),
+        help="agent steps per second, window and headless alike (default 15: the Atari's own pace, 60 frames/s "
+        "with 4 frames a step; 0: as fast as possible, and async play then applies actions as many steps old "
+        "as fit into one round trip)",
+    )
+    rendering_scale: float = flag(
+        DEFAULT_SCALE, "--rendering_scale", type=float_in(0.5, 16), help="window size as a multiple of 160x210 (1.5...)"
+    )
+    seed: int = flag(0, type=int_in(0, 2**31 - 1), help="seeds the emulator, the no-op starts and the random actions")
+    epsilon: float = flag(EVAL_EPSILON, type=float_in(0, 1), help="fraction of random actions, as the original")
+    record: str | None = flag(None, type=output_file, help="write the gameplay to FILE.gif (or .mp4)")
+    screenshot: str | None = flag(None, type=output_file, help="save the last window image to FILE.png")
+    # FIRE at the start and after each lost life (envs.FireOnLifeLoss)
+    fire_on_life_loss: bool = flag(
+        False,
+        action="store_true",
+        help="press FIRE at the start and after each lost life, so that a barely trained agent's Breakout serves "
+        "(an action override, not preprocessing; see docs/deviations.md)",
+    )
+    # 0: the first failed request ends play. A remote-only flag, like --timeout.
+    reconnect: float = flag(
+        RECONNECT_SECONDS,
+        type=float_in(0, 86400),
+        help="while the server is away, play on (sync waits, async plays its last action) for up to SECONDS, then "
+        "end with exit code 1 (default 30; 0: end at the first failed request)",
+        metavar="SECONDS",
+    )
+    # A remote policy's per-request deadline: an answer older is lost. None: no deadline (tests, the local player).
+    request_timeout: float | None = flag(
+        None,
+        "--timeout",
+        unset=REQUEST_TIMEOUT_SECONDS,
+        type=float_in(0, 600, low_open=True),
+        help="per-request deadline, s",
+    )
+    # None: GAME_OVER_SECONDS where a key can come, else 0
+    game_over_seconds: float | None = flag(
+        None,
+        type=float_in(0, 3600),
+        help="how long the window stays on the game-over screen unless a key is pressed (default 10 s in a "
+        "window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
+    )
+    json: str | None = flag(None, type=output_file, help="write the statistics to FILE.json")
 
     @property
     def episode_cap(self) -> int:

@@ -14,6 +14,7 @@ from atari_trtis_demo.core.errors import UserError
 
 ATARI_SIZE = (160, 210)  # width, height of the ALE screen
 RECORD_EVERY = 2  # agent steps per recorded GIF frame: keeps files small
+DEFAULT_SCALE = 3.0  # window size as a multiple of ATARI_SIZE (--rendering_scale)
 QUIT, PAUSE = "quit", "pause"  # what the player asked for, from :meth:`Screen.commands`
 
 
@@ -28,7 +29,7 @@ class Screen:
         self,
         title: str,
         *,
-        scale: float = 3.0,
+        scale: float = DEFAULT_SCALE,
         headless: bool = False,
         record: str | None = None,
         screenshot: str | None = None,
