@@ -3,20 +3,16 @@
 Triton (or any KServe v2 server) is asked over ``inference.GRPCInferenceService``
 with the stubs generated from ``protos/``. The client checks the server and the
 model once at connection, sends frame stacks as raw little-endian bytes, and trusts
-nothing it gets back: every answer must be exactly one row of ``n_actions`` finite
-FP32 values per frame stack sent, and a server's error text reaches the user as one
-printable line. With ``ATARI_DEMO_KEY`` set (or ``key=``) every call carries the
-player's key; with ``tls_ca=`` the channel is TLS, verified against that root.
+nothing it gets back (:mod:`~atari_trtis_demo.play.client_answers`): every answer must be
+exactly one row of ``n_actions`` finite FP32 values per frame stack sent, and a server's
+error text reaches the user as one printable line. With ``ATARI_DEMO_KEY`` set (or ``key=``)
+every call carries the player's key; with ``tls_ca=`` the channel is TLS, verified against
+that root (:mod:`~atari_trtis_demo.play.client_channel`).
 
-Errors, and the exit code ``cli_args.run_cli`` gives them:
-
-- :class:`InferenceError` and its subclasses (server down, model not ready, request
-  refused, bad answer, timeout) are subclasses of
-  :class:`~atari_trtis_demo.core.errors.ServiceError`: run-time failures, exit 1, the ones a
-  fallback player plays through.
-- :class:`KeyRefused` and :class:`TlsMismatch` are
-  :class:`~atari_trtis_demo.core.errors.UserError` subclasses: the player's setup is wrong (the key,
-  the TLS flag), exit 2, and no fallback loop can mend them.
+Errors, and the exit code ``cli_args.run_cli`` gives them, are in
+:mod:`~atari_trtis_demo.play.client_errors` (re-exported here): :class:`InferenceError` and its
+subclasses are run-time failures (exit 1, the ones a fallback player plays through);
+:class:`KeyRefused` and :class:`TlsMismatch` are the player's setup (exit 2).
 
 No Chainer here.
 """
@@ -24,172 +20,57 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
-import json
-import math
-import os
-import re
-import socket
-import ssl
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, STACK_SIZE
-from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
+from atari_trtis_demo.core.contract import ENV_ID_KEY
+from atari_trtis_demo.core.errors import UserError, one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from atari_trtis_demo.play.client_answers import FRAME_SHAPE, answer_q_values, check_signature
+from atari_trtis_demo.play.client_channel import (
+    CHANNEL_OPTIONS,
+    KEY_ENV,
+    KEY_HEADER,
+    PROBE_SECONDS,
+    RETRY_SERVICE_CONFIG,
+    TRITON_KEY_HEADER,
+    grpc_target,
+    key_metadata,
+    open_channel,
+    player_key,
+    read_root_certificate,
+    speaks_tls,
+)
+from atari_trtis_demo.play.client_errors import (
+    BadResponse,
+    InferenceError,
+    InvalidRequest,
+    KeyRefused,
+    ModelNotReady,
+    RequestTimeout,
+    ServerError,
+    ServerGoingAway,
+    ServerUnavailable,
+    TlsMismatch,
+    rpc_failure,
+)
 from atari_trtis_demo.play.play_stats import LatencyStats
 
-FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
+# The names this module had before the split, for the play loop, the tests and other callers.
+__all__ = [
+    "CHANNEL_OPTIONS", "DATATYPES", "FRAME_SHAPE", "KEY_ENV", "KEY_HEADER", "PROBE_SECONDS", "RETRY_SERVICE_CONFIG",
+    "TRITON_KEY_HEADER", "BadResponse", "InferenceClient", "InferenceError", "InvalidRequest", "KeyRefused",
+    "ModelNotReady", "RequestTimeout", "ServerError", "ServerGoingAway", "ServerUnavailable", "TlsMismatch",
+    "grpc_target", "player_key", "read_root_certificate", "speaks_tls",
+]  # fmt: skip
+
 # KServe v2 tensor data types by numpy dtype (only what a request may carry here).
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint8): "UINT8"}
-# The player's key: read from this variable, sent as this gRPC header. Triton's own check of
-# --grpc-restricted-protocol=...:atari-demo-key=VALUE looks for the header with its gRPC prefix
-# (measured on tritonserver 2.51: it answers "expecting header 'triton-grpc-protocol-atari-demo-key'"),
-# so the key goes under both names.
-KEY_ENV = "ATARI_DEMO_KEY"
-KEY_HEADER = "atari-demo-key"
-TRITON_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER
-# A restarted server should be found again within about a second, not after gRPC's
-# default backoff of up to two minutes.
-# serve closes every connection after 2 s (a stream flood cannot hold the server): a call
-# that races the close fails UNAVAILABLE before the server saw it. gRPC retries such a call
-# (inference is idempotent) a few times within 0.1 s; a server that is really away still
-# fails at once, as before, after those retries.
-RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{"service": "inference.GRPCInferenceService"}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.02s",
-                    "maxBackoff": "0.05s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
-CHANNEL_OPTIONS = [
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", RETRY_SERVICE_CONFIG),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    # Answers are a few Q-values per stack (1,024 stacks of 18 actions: 74 kB): a server
-    # cannot make the player allocate more than this for one.
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-]
-# The reason in gRPC's words for a failed handshake, e.g. "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED".
-TLS_REASON = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)")
-# Deadline of :meth:`InferenceClient.live` and of the TLS check at connection, s.
-PROBE_SECONDS = 0.2
-
-
-# Statuses that say the request itself is wrong; any other is the server's own failure.
-REFUSALS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.FAILED_PRECONDITION)
-
-
-class InferenceError(ServiceError):
-    """A request or connection failed; the message is one line naming server, model and status.
-
-    ``status`` is the gRPC status code's name when the failure came from one (else None).
-    """
-
-    status: str | None = None
-
-
-class ServerUnavailable(InferenceError):
-    """The server cannot be reached (down, restarting, wrong address)."""
-
-
-class ModelNotReady(InferenceError):
-    """The server answers but the model is unknown, not loaded, or not what the player needs."""
-
-
-class ServerGoingAway(ServerUnavailable):
-    """The model the client checked is gone (NOT_FOUND): the server is shutting down or unloaded it."""
-
-
-class InvalidRequest(InferenceError):
-    """The server refused the request (wrong name, shape, data type, size, batch...)."""
-
-
-class ServerError(InferenceError):
-    """The server failed the request for a reason of its own (INTERNAL, UNKNOWN, out of resources...)."""
-
-
-class BadResponse(InferenceError):
-    """The server answered, but not with the Q-values the client asked for."""
-
-
-class RequestTimeout(InferenceError):
-    """No answer within the per-request deadline."""
-
-
-class KeyRefused(UserError):
-    """The server refuses this player's key (none, or a wrong one in ``ATARI_DEMO_KEY``): the user's to fix."""
-
-
-class TlsMismatch(UserError):
-    """Client and server disagree on TLS (no ``--tls-ca`` for a TLS server, or one for a plain
-    server, or a certificate that root does not vouch for): the user's to fix."""
-
-
-def read_root_certificate(path: str | Path, flag: str = "--tls-ca") -> bytes:
-    """The PEM root certificate(s) in ``path``; a missing, unreadable or non-PEM file is one line naming ``flag``."""
-    try:
-        pem = Path(path).read_bytes()
-    except OSError as e:
-        raise UserError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
-    try:
-        # Parsed here, where the error can name the flag, not later inside gRPC's handshake.
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
-    except (UnicodeDecodeError, ssl.SSLError, ValueError):
-        raise UserError(f"{flag} {path}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)") from None
-    return pem
-
-
-def player_key(key: str | None = None) -> str | None:
-    """The key to send: ``key`` if given, else ``$ATARI_DEMO_KEY``; None when empty or unset.
-
-    A key that cannot be a gRPC header value is one line naming the variable, not the key.
-    """
-    value = os.environ.get(KEY_ENV) if key is None else key
-    if not value:
-        return None
-    if value != value.strip() or not all(" " <= c <= "~" for c in value):
-        raise UserError(f"{KEY_ENV}: the key must be printable ASCII (no spaces at either end, no control characters)")
-    return value
-
-
-def grpc_target(host: str, port: int) -> str:
-    """``host:port`` as gRPC takes it: an IPv6 literal in brackets."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return str(list(shape)) if len(shape) <= 6 else f"[{len(shape)} dimensions]"
-
-
-def speaks_tls(host: str, port: int, timeout: float = PROBE_SECONDS) -> bool:
-    """Whether ``host:port`` completes a TLS handshake (any certificate): tells a TLS server from a plain one."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    try:
-        with socket.create_connection((host.strip("[]"), port), timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=host.strip("[]")):
-                return True
-    except (OSError, ValueError):
-        return False
 
 
 class InferenceClient:
@@ -226,13 +107,8 @@ class InferenceClient:
         self.tls = tls_ca is not None
         secret = player_key(key)
         self.keyed = secret is not None
-        # Kept out of any attribute a repr or message would show.
-        self._metadata = ((KEY_HEADER, secret), (TRITON_KEY_HEADER, secret)) if secret is not None else None
-        if tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=read_root_certificate(tls_ca))
-            self._channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._metadata = key_metadata(secret)  # kept out of any attribute a repr or message would show
+        self._channel = open_channel(self.address, tls_ca)
         self._stub = GRPCInferenceServiceStub(self._channel)
         self.connected = False
         self.env_id: str | None = None  # the model's game, once connected (None when its config records none)
@@ -289,28 +165,9 @@ class InferenceClient:
             raise ModelNotReady(f"model '{self.model}' not found or not ready on {self.address}")
         request = pb.ModelMetadataRequest(name=self.model, version=self.version)
         meta = self._call(self._stub.ModelMetadata, request, timeout)
-        if len(meta.inputs) != 1 or len(meta.outputs) != 1:
-            raise ModelNotReady(
-                f"model '{self.model}' on {self.address} has {len(meta.inputs)} inputs and {len(meta.outputs)} "
-                "outputs; expected one frame-stack input and one Q-value output"
-            )
-        (inp,), (out,) = meta.inputs, meta.outputs
-        shape = list(inp.shape)
-        self.batched = len(shape) == 4 and shape[0] == -1
-        if inp.datatype != "FP32" or shape[-3:] != FRAME_SHAPE or len(shape) not in (3, 4):
-            raise ModelNotReady(
-                f"model '{self.model}' expects {_shape_text(shape)} {one_line(inp.datatype, 20)} but the player "
-                f"sends [-1, {STACK_SIZE}, {FRAME_SIZE}, {FRAME_SIZE}] FP32 frame stacks"
-            )
-        out_shape = list(out.shape)
-        if out.datatype != "FP32" or len(out_shape) != (2 if self.batched else 1) or out_shape[-1] < 1:
-            raise ModelNotReady(
-                f"model '{self.model}' outputs {_shape_text(out_shape)} {one_line(out.datatype, 20)}; "
-                "expected [-1, n_actions] FP32 Q-values"
-            )
-        self.input_name = inp.name
-        self.output_name = out.name
-        self.n_actions = int(out_shape[-1])
+        self.signature = check_signature(meta, self.model, self.address)
+        self.batched, self.n_actions = self.signature.batched, self.signature.n_actions
+        self.input_name, self.output_name = self.signature.input_name, self.signature.output_name
         self.env_id = self._recorded_env_id(timeout)
 
     def _recorded_env_id(self, timeout: float | None = None) -> str | None:
@@ -408,32 +265,8 @@ class InferenceClient:
         return int(request.inputs[0].shape[0]) if self.batched else None
 
     def _q_values(self, response: pb.ModelInferResponse, rows: int | None) -> np.ndarray:
-        """The answer's Q-values, checked: exactly ``rows`` rows of ``n_actions`` finite FP32 values.
-
-        The shape is compared before anything is allocated: a lying server's [2**62, 4]
-        costs nothing.
-        """
-        expected = [self.n_actions] if rows is None else [rows, self.n_actions]
-        where = f"{self.address}: model '{self.model}' answered"
-        for i, tensor in enumerate(response.outputs):
-            if tensor.name != self.output_name:
-                continue
-            if tensor.datatype != "FP32":
-                raise BadResponse(f"{where} {one_line(tensor.datatype, 20)} Q-values, not FP32")
-            if len(tensor.shape) != len(expected) or list(tensor.shape) != expected:
-                raise BadResponse(
-                    f"{where} shape {_shape_text(tensor.shape)} for {rows or 1} frame stack(s); expected {expected}"
-                )
-            if i >= len(response.raw_output_contents):
-                raise BadResponse(f"{where} no raw contents for output '{one_line(tensor.name, 40)}'")
-            raw = response.raw_output_contents[i]
-            if len(raw) != 4 * math.prod(expected):
-                raise BadResponse(f"{where} {len(raw)} bytes for shape {expected} FP32, not {4 * math.prod(expected)}")
-            q_values = np.frombuffer(raw, dtype="<f4").reshape(expected)
-            if not np.isfinite(q_values).all():
-                raise BadResponse(f"{where} Q-values that are not finite (NaN or infinity)")
-            return q_values
-        raise BadResponse(f"{where} without the output '{one_line(self.output_name, 40)}'")
+        """The answer's Q-values, checked (:func:`~atari_trtis_demo.play.client_answers.answer_q_values`)."""
+        return answer_q_values(response, rows, self.signature, f"{self.address}: model '{self.model}' answered")
 
     # -- errors ------------------------------------------------------------------------
 
@@ -447,57 +280,15 @@ class InferenceClient:
             raise self._error(e, timeout) from None
 
     def _error(self, error: grpc.RpcError, timeout: float | None = None) -> InferenceError | UserError:
-        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-        # The server's words, made safe for a terminal: one printable line of bounded length.
-        full = one_line(error.details() if hasattr(error, "details") else error, limit=None)
-        details, lowered = one_line(full), full.lower()  # matched in full, shown cut
-        failure: InferenceError
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
-            # Triton's --grpc-restricted-protocol answers a missing or wrong key with UNAVAILABLE
-            # "This protocol is restricted, expecting header '...'": not a server that is down.
-            code == grpc.StatusCode.UNAVAILABLE and "restricted" in lowered and "header" in lowered
-        ):
-            if self.keyed:
-                return KeyRefused(
-                    f"{self.address} refused the key in {KEY_ENV} ({code.name}): "
-                    f"set {KEY_ENV} to the key the server was started with"
-                )
-            return KeyRefused(
-                f"{self.address} takes only players with its key ({code.name}): "
-                f"set {KEY_ENV} to the key the server was started with"
-            )
-        if self.tls and "handshake" in lowered:  # only a TLS channel shakes hands
-            reason = TLS_REASON.search(full)
-            why = reason.group(1) if reason else details
-            if "WRONG_VERSION_NUMBER" in why or "HTTP_REQUEST" in why:
-                return TlsMismatch(f"{self.address} does not speak TLS: drop --tls-ca, or serve with TLS ({why})")
-            return TlsMismatch(
-                f"{self.address}: TLS handshake failed ({why}): is its certificate signed by --tls-ca "
-                f"and made for '{self.host}'?"
-            )
-        if code == grpc.StatusCode.UNAVAILABLE:
-            failure = ServerUnavailable(f"cannot connect to {self.address} (UNAVAILABLE: {details})")
-        elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            failure = RequestTimeout(
-                f"{self.address}: no answer from model '{self.model}' within {self._deadline(timeout):g} s"
-            )
-        elif code == grpc.StatusCode.NOT_FOUND:
-            failure = ServerGoingAway(
-                f"{self.address}: model '{self.model}' is no longer served (NOT_FOUND: {details}): "
-                "the server is shutting down or unloaded it"
-            )
-        elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in lowered:
-            failure = BadResponse(
-                f"{self.address}: model '{self.model}' answered with an oversized message ({details})"
-            )
-        elif code in REFUSALS:
-            failure = InvalidRequest(
-                f"{self.address}: model '{self.model}' refused the request ({code.name}: {details})"
-            )
-        else:
-            failure = ServerError(f"{self.address}: model '{self.model}' failed the request ({code.name}: {details})")
-        failure.status = code.name
-        return failure
+        return rpc_failure(
+            error,
+            address=self.address,
+            model=self.model,
+            host=self.host,
+            deadline=self._deadline(timeout),
+            keyed=self.keyed,
+            tls=self.tls,
+        )
 
     def close(self) -> None:
         self._channel.close()
