@@ -15,14 +15,14 @@ from tritonclient.grpc import model_config_pb2
 
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.core.contract import DEFAULT_ENV_ID
-from atari_trtis_demo.core.model_repository import (
+from atari_trtis_demo.core.model_config import (
     CONFIG_DIGEST_PREFIX,
     CONFIG_HEADER,
     check_config_replaceable,
     config_edited_by_hand,
-    read_repository,
     render_config,
 )
+from atari_trtis_demo.core.model_repository import read_repository
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
 

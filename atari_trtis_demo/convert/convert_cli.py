@@ -11,7 +11,7 @@ from atari_trtis_demo.core.cli_args import ArgumentParser, int_in
 from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, describe_choice
-from atari_trtis_demo.core.model_repository import (
+from atari_trtis_demo.core.model_config import (
     INSTANCE_COUNT_LIMIT,
     INSTANCE_KINDS,
     MAX_BATCH_SIZE_LIMIT,

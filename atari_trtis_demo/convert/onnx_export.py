@@ -19,17 +19,14 @@ import onnx
 import onnx_chainer
 import onnxruntime as ort
 
+from atari_trtis_demo.core.contract import INPUT_NAME, OUTPUT_NAME
 from atari_trtis_demo.core.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, ENV_ID_KEY, recorded_env_id, resolve_env_id
+from atari_trtis_demo.core.model_config import check_config_replaceable, check_model_name, render_config
 from atari_trtis_demo.core.model_repository import (
     CONFIG_FILENAME,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    check_config_replaceable,
-    check_model_name,
     existing_versions,
-    render_config,
     write_file_atomic,
     write_model_version,
 )
