@@ -49,6 +49,7 @@ LAZY_EXCEPTIONS = {("play.policies", "train.agent")}
 GYM_SIDE = {"core.envs", "core.atari_wrappers"}
 WITHOUT_GYM_OUTSIDE_SERVING = {
     "core.contract", "core.errors", "core.atomic", "core.game_id", "core.cli_args", "core.model_repository",
+    "core.model_config", "core.typed_flags",
     "play.inference_client", "play.play_stats",
 }  # fmt: skip
 # Blocked when serving and the client are imported: the training stack and the games.

@@ -104,3 +104,20 @@ def test_range_checks_come_with_the_field(argv: list[str], flag: str, capsys: py
     assert stopped.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: argument {flag}")
+
+
+def test_serve_flags_are_start_servers_keywords_with_its_defaults() -> None:
+    """serve's typed config feeds start_server by name: each setting is one of its keywords, same default."""
+    import inspect
+
+    from atari_trtis_demo.serving.serve import build_parser, start_server
+    from atari_trtis_demo.serving.serve_config import ServeOptions
+
+    parser = build_parser()
+    assert all(action.help for action in options_of(parser).values())
+    options = from_args(ServeOptions, parser.parse_args(["--model-repository", "trtismodel"]))
+    assert options == ServeOptions(model_repository="trtismodel")
+    keywords = inspect.signature(start_server).parameters
+    settings = options.server_settings()
+    assert settings and {name: keywords[name].default for name in settings} == settings
+    assert "(default: 8001)" in " ".join(parser.format_help().split())

@@ -28,9 +28,11 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from atari_trtis_demo.core.cli_args import ArgumentParser, float_in, int_in, port, run_cli
+from atari_trtis_demo.core.cli_args import ArgumentParser, run_cli
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.model_repository import read_repository
+from atari_trtis_demo.core.typed_flags import add_flags, from_args
+from atari_trtis_demo.serving.serve_config import ServeOptions
 from atari_trtis_demo.serving.serve_security import (
     PLAYER_HEADER,
     PLAYER_KEY_ENV,
@@ -97,16 +99,17 @@ def check_ports(address: str, ports: dict[str, int]) -> None:
 def start_server(
     repository: str | Path,
     *,
-    address: str = "127.0.0.1",
-    http_port: int = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
-    backend_directory: str | None = None,
-    log_verbose: int = 0,
-    ready_timeout: float = 120.0,
+    # The defaults are the command's own (ServeOptions'), written there once.
+    address: str = ServeOptions.address,
+    http_port: int = ServeOptions.http_port,
+    grpc_port: int = ServeOptions.grpc_port,
+    metrics_port: int = ServeOptions.metrics_port,
+    backend_directory: str | None = ServeOptions.backend_directory,
+    log_verbose: int = ServeOptions.log_verbose,
+    ready_timeout: float = ServeOptions.ready_timeout,
     access: Access | None = None,
     tls: tuple[Path, Path] | None = None,
-    expose_http: bool = False,
+    expose_http: bool = ServeOptions.expose_http,
     cancelled: Callable[[], bool] | None = None,
 ) -> TritonServer:
     """Start tritonserver on ``repository`` and return once every model is ready.
@@ -207,40 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "ATARI_DEMO_ADMIN_KEY (the owner's key for shared memory, model repository, logging, trace; "
         "default: generated and written to a file only you can read).",
     )
-    p.add_argument("--model-repository", required=True, help="the repository, e.g. trtismodel")
-    p.add_argument(
-        "--address",
-        default="127.0.0.1",
-        help="address for gRPC (default 127.0.0.1; any other than loopback needs ATARI_DEMO_KEY or --no-key)",
-    )
-    p.add_argument("--http-port", type=port, default=8000, help="Triton's HTTP/REST port")
-    p.add_argument("--grpc-port", type=port, default=8001, help="Triton's gRPC port, the players' --port")
-    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics port")
-    p.add_argument(
-        "--backend-directory",
-        default=None,
-        help="Triton backends with onnxruntime: serve as is (default: the python-backend twin)",
-    )
-    p.add_argument("--log-verbose", type=int_in(0, 3), default=0, help="Triton's log detail, 0-3")
-    p.add_argument("--ready-timeout", type=float_in(0, low_open=True), default=120.0, help="seconds")
-    p.add_argument("--tls-cert", default=None, metavar="FILE", help="PEM certificate: serve gRPC over TLS")
-    p.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
-    p.add_argument(
-        "--no-key",
-        action="store_true",
-        help="serve a non-loopback --address without ATARI_DEMO_KEY: anyone who reaches it may play",
-    )
-    p.add_argument(
-        "--expose-http",
-        action="store_true",
-        help="let HTTP and metrics follow a non-loopback --address (default: they stay on 127.0.0.1; this "
-        "Triton's HTTP server has published crashes: CVE-2025-23310, CVE-2025-23311)",
-    )
+    add_flags(p, ServeOptions)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = from_args(ServeOptions, build_parser().parse_args(argv))
     access = Access.from_environment()
     if not is_loopback(numeric_address(args.address)):
         if access.player_key is None and not args.no_key:
@@ -266,20 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        server = start_server(
-            args.model_repository,
-            address=args.address,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            backend_directory=args.backend_directory,
-            log_verbose=args.log_verbose,
-            ready_timeout=args.ready_timeout,
-            access=access,
-            tls=tls,
-            expose_http=args.expose_http,
-            cancelled=lambda: stopping,
-        )
+        settings = {
+            k: v for k, v in vars(args).items() if k not in ("model_repository", "tls_cert", "tls_key", "no_key")
+        }
+        server = start_server(args.model_repository, **settings, access=access, tls=tls, cancelled=lambda: stopping)
     except StartCancelled:
         print("server stopped", flush=True)
         return 0
