@@ -121,3 +121,27 @@ def test_serve_flags_are_start_servers_keywords_with_its_defaults() -> None:
     settings = options.server_settings()
     assert settings and {name: keywords[name].default for name in settings} == settings
     assert "(default: 8001)" in " ".join(parser.format_help().split())
+
+
+def test_convert_flags_are_converts_keywords_with_its_defaults() -> None:
+    """The converter's typed config feeds onnx_export.convert by name, with the same defaults as render_config."""
+    import inspect
+
+    from atari_trtis_demo.convert.convert_cli import build_parser
+    from atari_trtis_demo.convert.convert_config import ConvertOptions
+    from atari_trtis_demo.convert.onnx_export import convert
+    from atari_trtis_demo.core.model_config import render_config
+
+    parser = build_parser()
+    assert all(action.help for action in options_of(parser).values())
+    options = from_args(ConvertOptions, parser.parse_args(["--model", "agent", "--env", "PongNoFrameskip-v4"]))
+    assert options == ConvertOptions(model="agent", env_id="PongNoFrameskip-v4")
+    settings = options.convert_settings()
+    keywords = inspect.signature(convert).parameters
+    assert {name: keywords[name].default for name in settings if name != "env_id"} == {
+        name: value for name, value in settings.items() if name != "env_id"
+    }
+    rendered = inspect.signature(render_config).parameters
+    shared = ("max_batch_size", "instance_kind", "instance_count", "max_queue_delay_us")
+    assert {name: rendered[name].default for name in shared} == {name: settings[name] for name in shared}
+    assert "{KIND_GPU,KIND_CPU}" in parser.format_help(), "choices still show in --help"

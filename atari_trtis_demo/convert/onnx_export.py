@@ -19,6 +19,7 @@ import onnx
 import onnx_chainer
 import onnxruntime as ort
 
+from atari_trtis_demo.convert.convert_config import ConvertOptions
 from atari_trtis_demo.core.contract import INPUT_NAME, OUTPUT_NAME
 from atari_trtis_demo.core.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
@@ -152,12 +153,13 @@ def convert(
     *,
     out: str | None = None,
     repository: str | None = "trtismodel",
-    name: str = "atari",
+    name: str = ConvertOptions.name,
     version: int | None = None,
-    max_batch_size: int = 32,
-    instance_kind: str = "KIND_GPU",
-    instance_count: int = 1,
-    max_queue_delay_us: int = 100,
+    # The defaults are the converter's own (ConvertOptions'), written there once.
+    max_batch_size: int = ConvertOptions.max_batch_size,
+    instance_kind: str = ConvertOptions.instance_kind,
+    instance_count: int = ConvertOptions.instance_count,
+    max_queue_delay_us: int = ConvertOptions.max_queue_delay_us,
     force: bool = False,
     env_id: str | None = None,
 ) -> Conversion:

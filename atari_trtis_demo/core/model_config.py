@@ -25,6 +25,12 @@ MODEL_FILENAME = "model.onnx"
 # The file Triton loads from each version directory when a config names none, per platform/backend.
 DEFAULT_FILENAMES = {"onnxruntime_onnx": MODEL_FILENAME, "python": "model.py"}
 INSTANCE_KINDS = ("KIND_GPU", "KIND_CPU")
+# The converter's defaults (its --max-batch-size, --instance-kind, --instance-count, --max-queue-delay-us):
+# 100 us keeps a lone player's round trip short; docs/benchmarks.md has what 3000 us buys for many players.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_INSTANCE_KIND = "KIND_GPU"
+DEFAULT_INSTANCE_COUNT = 1
+DEFAULT_QUEUE_DELAY_US = 100
 # Bounds of the converter's --max-batch-size and --instance-count: beyond them a
 # config is a typo (Triton would try to allocate batches or instances that large).
 MAX_BATCH_SIZE_LIMIT = 4096
@@ -77,13 +83,13 @@ def render_config(
     name: str,
     n_actions: int,
     *,
-    max_batch_size: int = 32,
-    instance_kind: str = "KIND_GPU",
-    instance_count: int = 1,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    instance_kind: str = DEFAULT_INSTANCE_KIND,
+    instance_count: int = DEFAULT_INSTANCE_COUNT,
     parameters: Mapping[str, str] | None = None,
     backend: str = "onnxruntime",
     dynamic_batching: bool = True,
-    max_queue_delay_us: int = 100,
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> str:
     """The ``config.pbtxt`` Triton needs to load the exported DQN: a ``ModelConfig`` in protobuf's text format.
 

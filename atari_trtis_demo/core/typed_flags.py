@@ -61,8 +61,8 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, skip: Iterabl
         spec: Flag = f.metadata[_FLAG]
         names = spec.names or ("--" + f.name.replace("_", "-"),)
         options = dict(spec.options)
-        if options.get("action") not in ("store_true", "store_false"):
-            # Named after the flag, not the field: "--env ENV", not "--env ENV_ID".
+        if options.get("action") not in ("store_true", "store_false") and "choices" not in options:
+            # Named after the flag, not the field: "--env ENV", not "--env ENV_ID" (choices show themselves).
             options.setdefault("metavar", names[0].lstrip("-").replace("-", "_").upper())
         if spec.unset is not dataclasses.MISSING:
             options["default"] = spec.unset
