@@ -145,3 +145,19 @@ def test_convert_flags_are_converts_keywords_with_its_defaults() -> None:
     shared = ("max_batch_size", "instance_kind", "instance_count", "max_queue_delay_us")
     assert {name: rendered[name].default for name in shared} == {name: settings[name] for name in shared}
     assert "{KIND_GPU,KIND_CPU}" in parser.format_help(), "choices still show in --help"
+
+
+def test_train_flags_keep_chainerrls_spellings_and_defaults() -> None:
+    """train_dqn.py's typed config: ChainerRL's reproduction flags and defaults, each with help."""
+    from atari_trtis_demo.train.train_cli import build_parser
+    from atari_trtis_demo.train.train_config import TrainOptions
+
+    parser = build_parser()
+    assert all(action.help for action in options_of(parser).values())
+    spelled = {s for a in parser._actions for s in a.option_strings}
+    assert {"--env", "--outdir", "--seed", "--gpu", "--demo", "--load", "--steps", "--eval-interval"} <= spelled
+    options = from_args(TrainOptions, parser.parse_args(["--gpu", "-1", "--steps", "100"]))
+    assert options == TrainOptions(gpu=-1, steps=100)
+    assert (TrainOptions.steps, TrainOptions.replay_start_size, TrainOptions.eval_n_steps) == (5 * 10**7, 50000, 125000)
+    # args.txt in a run directory is vars() of the options: the flags' names, in the order argparse had them.
+    assert list(vars(options)) == [a.dest for a in parser._actions if a.dest != "help"]

@@ -1,8 +1,8 @@
 """``train_src/train_dqn.py``, ``atari-train``: ChainerRL's DQN reproduction script, on ale-py.
 
 Flags and defaults are those of ChainerRL's
-``examples/atari/reproduction/dqn/train_dqn.py``; the flags after ``--n-best-episodes``
-are this project's additions (see docs/deviations.md). :func:`main` reads as the
+``examples/atari/reproduction/dqn/train_dqn.py`` (declared on
+:class:`~atari_trtis_demo.train.train_config.TrainOptions`). :func:`main` reads as the
 steps of a run; Chainer is imported only once the flags, the GPU and the game are checked.
 """
 
@@ -18,51 +18,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atari_trtis_demo.core.cli_args import ArgumentParser, int_in, needs_server_install
-from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, EVAL_EPSILON, OldGymAPI, make_env
+from atari_trtis_demo.core.cli_args import ArgumentParser, needs_server_install
+from atari_trtis_demo.core.envs import EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import recorded_env_id
+from atari_trtis_demo.core.typed_flags import add_flags, from_args
 from atari_trtis_demo.train.gpu import check_gpu
+from atari_trtis_demo.train.train_config import TrainOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Train a DQN (Nature network) on an Atari game with ChainerRL.")
-    p.add_argument("--env", type=str, default=DEFAULT_ENV_ID, help="Atari env id (or ALE/<Game>-v5)")
-    p.add_argument("--outdir", type=str, default="results", help="parent of the timestamped run directory")
-    p.add_argument("--seed", type=int_in(0, 2**31 - 1), default=0, help="random seed [0, 2 ** 31)")
-    p.add_argument("--gpu", type=int_in(-1), default=0, help="GPU to use, -1 for the CPU")
-    p.add_argument("--demo", action="store_true", default=False, help="only evaluate the (loaded) agent")
-    p.add_argument("--load-pretrained", action="store_true", default=False, help="start from ChainerRL's model zoo")
-    p.add_argument(
-        "--pretrained-type",
-        type=str,
-        default="best",
-        choices=["best", "final"],
-        help="with --load-pretrained: the zoo's best evaluated agent or its final one",
-    )
-    p.add_argument("--load", type=str, default=None, help="agent directory to start from (default: a new agent)")
-    p.add_argument("--logging-level", type=int_in(0, 50), default=20, help="level of log.txt: 10 DEBUG, 20 INFO, ...")
-    p.add_argument("--steps", type=int_in(1), default=5 * 10**7, help="total agent steps (4 frames each)")
-    # ChainerRL asserts that the replay start size covers one minibatch (32).
-    p.add_argument(
-        "--replay-start-size", type=int_in(32), default=5 * 10**4, help="transitions before updates start (>= 32)"
-    )
-    p.add_argument("--eval-n-steps", type=int_in(1), default=125000, help="agent steps per evaluation")
-    p.add_argument("--eval-interval", type=int_in(1), default=250000, help="training steps between evaluations")
-    p.add_argument(
-        "--n-best-episodes", type=int_in(1), default=30, help="episodes the best agent is scored on at the end"
-    )
-    # This project's additions.
-    p.add_argument(
-        "--checkpoint-freq", type=int_in(0), default=250000, help="save a resumable checkpoint every N steps (0: none)"
-    )
-    p.add_argument("--resume", type=str, default=None, help="checkpoint (or run directory) to continue from")
-    p.add_argument("--final-exploration-steps", type=int_in(1), default=10**6, help="steps over which epsilon decays")
-    p.add_argument("--replay-capacity", type=int_in(1), default=10**6, help="replay buffer size in transitions")
+    add_flags(p, TrainOptions)
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
+def check_args(args: TrainOptions) -> None:
     """Combinations of flags; the range of each number is checked by its argparse type."""
     chosen = [
         f
@@ -92,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = from_args(TrainOptions, build_parser().parse_args(argv))
     check_args(args)
     check_gpu(args.gpu)
     train_env, eval_env = make_envs(args)  # checks the env id before anything is written to disk
@@ -122,14 +93,14 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def make_envs(args: argparse.Namespace) -> tuple[OldGymAPI, OldGymAPI]:
+def make_envs(args: TrainOptions) -> tuple[OldGymAPI, OldGymAPI]:
     """The training and the evaluation env, with different seeds as ChainerRL does."""
     train_env = OldGymAPI(make_env(args.env, train=True), seed=args.seed)
     eval_seed = 2**31 - 1 - args.seed
     return train_env, OldGymAPI(make_env(args.env, train=False, seed=eval_seed), seed=eval_seed)
 
 
-def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]:
+def initial_agent(args: TrainOptions, n_actions: int) -> tuple[Any, Start]:
     """A new DQN, loaded from ``--load``, ``--load-pretrained`` or ``--resume`` when given."""
     from atari_trtis_demo.train.agent import load_agent, make_agent
     from atari_trtis_demo.train.training import previous_score_rows, resolve_resume
@@ -170,7 +141,7 @@ def initial_agent(args: argparse.Namespace, n_actions: int) -> tuple[Any, Start]
     return agent, Start()
 
 
-def evaluate_demo(agent: Any, eval_env: OldGymAPI, args: argparse.Namespace) -> None:
+def evaluate_demo(agent: Any, eval_env: OldGymAPI, args: TrainOptions) -> None:
     """``--demo``: only score the agent, for ``--eval-n-steps`` steps."""
     from chainerrl.experiments.evaluator import eval_performance
 
@@ -200,7 +171,7 @@ def remove_killed_saves(outdir: str, start_dir: str | None) -> None:
             )
 
 
-def start_run(args: argparse.Namespace, argv: list[str]) -> str:
+def start_run(args: TrainOptions, argv: list[str]) -> str:
     """The new run directory, with log.txt; SIGTERM (a scheduler or ``kill``) will end training like Ctrl-C."""
     from atari_trtis_demo.train.training import prepare_output_dir
 
@@ -211,9 +182,7 @@ def start_run(args: argparse.Namespace, argv: list[str]) -> str:
     return outdir
 
 
-def train(
-    agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: argparse.Namespace, outdir: str, start: Start
-) -> Any:
+def train(agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: TrainOptions, outdir: str, start: Start) -> Any:
     """ChainerRL's training loop with evaluations, checkpoints and the progress line; its evaluator."""
     from atari_trtis_demo.train.training import train_with_evaluation
 
@@ -243,7 +212,7 @@ def where_saved(outdir: str) -> str:
 def final_evaluation(
     agent: Any,
     eval_env: OldGymAPI,
-    args: argparse.Namespace,
+    args: TrainOptions,
     outdir: str,
     best: tuple[int | None, float | None] = (None, None),
 ) -> None:
