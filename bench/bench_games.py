@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.inference_client import InferenceClient
-from atari_trtis_demo.model_repository import render_config
-from atari_trtis_demo.onnx_export import convert
-from atari_trtis_demo.serve import TritonServer, serving
-from atari_trtis_demo.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
+from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.core.model_repository import render_config
+from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.serving.serve import TritonServer, serving
+from atari_trtis_demo.serving.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
+from atari_trtis_demo.train.agent import make_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_MS = 1000 / 15
@@ -47,8 +47,8 @@ STEP_MS = 1000 / 15
 # each) before any plays, so that N processes starting do not count against the real time.
 BARRIER = """import sys, time
 import ale_py, gymnasium, grpc, pygame
-import atari_trtis_demo.game, atari_trtis_demo.many_games, atari_trtis_demo.policies
-from atari_trtis_demo.play_cli import remote_main
+import atari_trtis_demo.play.game, atari_trtis_demo.play.many_games, atari_trtis_demo.play.policies
+from atari_trtis_demo.play.play_cli import remote_main
 time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
 sys.exit(remote_main(sys.argv[2:]))
 """

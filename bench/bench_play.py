@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.game import PlayConfig, play
-from atari_trtis_demo.inference_client import InferenceClient
-from atari_trtis_demo.onnx_export import convert
-from atari_trtis_demo.play_stats import LatencyStats
-from atari_trtis_demo.policies import LocalChainerPolicy, Policy, RemotePolicy
-from atari_trtis_demo.serve import serving
+from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.game import PlayConfig, play
+from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.policies import LocalChainerPolicy, Policy, RemotePolicy
+from atari_trtis_demo.serving.serve import serving
+from atari_trtis_demo.train.agent import make_agent
 
 
 class RandomPolicy(Policy):

@@ -26,9 +26,9 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
 
-from atari_trtis_demo.inference_client import InferenceClient
-from atari_trtis_demo.model_repository import render_config
-from atari_trtis_demo.serve import serving
+from atari_trtis_demo.core.model_repository import render_config
+from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.serving.serve import serving
 
 
 def percentiles(ms: list[float]) -> str:
@@ -39,8 +39,8 @@ def percentiles(ms: list[float]) -> str:
 
 def make_repository(root: Path) -> Path:
     # Imported here: the client processes re-import this module and need no Chainer.
-    from atari_trtis_demo.agent import make_agent
-    from atari_trtis_demo.onnx_export import convert
+    from atari_trtis_demo.convert.onnx_export import convert
+    from atari_trtis_demo.train.agent import make_agent
 
     agent_dir = root / "agent"
     make_agent(4).save(str(agent_dir))

@@ -8,7 +8,7 @@ only) and learning (one update every 4 steps, the steady state of a long run).
     .venv/bin/python bench/bench_training.py [--rounds 3] [--env BreakoutNoFrameskip-v4]
 
 Reference: ``chainerrl.experiments.train_agent_with_evaluation`` with a stock
-``chainerrl.agents.DQN``. Ours: ``atari_trtis_demo.training.train_with_evaluation``
+``chainerrl.agents.DQN``. Ours: ``atari_trtis_demo.train.training.train_with_evaluation``
 with ``AtomicSaveDQN``, the progress line and the checkpoint hook.
 """
 
@@ -25,9 +25,9 @@ import numpy as np
 from chainerrl import agents, misc
 from chainerrl.experiments import train_agent_with_evaluation
 
-from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
-from atari_trtis_demo.training import train_with_evaluation
+from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
+from atari_trtis_demo.train.agent import make_agent
+from atari_trtis_demo.train.training import train_with_evaluation
 
 # (name, steps, replay_start_size): acting only, then learning from step 100 on.
 PHASES = [("acting (replay fill)", 1500, 10**6), ("learning (updates)", 400, 100)]

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_games  # noqa: E402  (this folder's sibling)
 
 from atari_trtis_demo import triton_twin  # noqa: E402
-from atari_trtis_demo.serve import serving  # noqa: E402
-from atari_trtis_demo.triton_stats import metrics_url, wait_for_metrics  # noqa: E402
+from atari_trtis_demo.serving.serve import serving  # noqa: E402
+from atari_trtis_demo.serving.triton_stats import metrics_url, wait_for_metrics  # noqa: E402
 
 SETTINGS = {
     "ort_default": {"ort_intra_op_threads": "0", "ort_allow_spinning": "1"},

@@ -2,13 +2,13 @@
 
     python src/app.py --host ${TRITON_IP} --port 8001 --sync
 
-The logic lives in ``atari_trtis_demo.game``; this file is the command users know
+The logic lives in ``atari_trtis_demo.play.game``; this file is the command users know
 (installed as ``atari-play`` by ``pip install -e .``).
 No Chainer is needed.
 """
 
-from atari_trtis_demo.cli_args import run_cli
-from atari_trtis_demo.play_cli import remote_main
+from atari_trtis_demo.core.cli_args import run_cli
+from atari_trtis_demo.play.play_cli import remote_main
 
 if __name__ == "__main__":
     run_cli(remote_main)

@@ -2,12 +2,12 @@
 
     python standalone_src/app.py --modelpath results/<run>/best
 
-The logic lives in ``atari_trtis_demo.game``; this file is the command users know
+The logic lives in ``atari_trtis_demo.play.game``; this file is the command users know
 (installed as ``atari-play-local`` by ``pip install -e .``).
 """
 
-from atari_trtis_demo.cli_args import run_cli
-from atari_trtis_demo.play_cli import standalone_main
+from atari_trtis_demo.core.cli_args import run_cli
+from atari_trtis_demo.play.play_cli import standalone_main
 
 if __name__ == "__main__":
     run_cli(standalone_main)

@@ -35,7 +35,7 @@ class TritonPythonModel:
 @pytest.fixture(scope="session")
 def agents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Fresh (untrained) agent directories: 'breakout' (4 actions) and 'pong' (6)."""
-    from atari_trtis_demo.agent import make_agent
+    from atari_trtis_demo.train.agent import make_agent
 
     root = tmp_path_factory.mktemp("agents")
     dirs = {"breakout": root / "breakout", "pong": root / "pong"}
@@ -51,8 +51,8 @@ def repository(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     'slow' is a python-backend model answering fixed Q-values 50 ms after each request.
     'atari' records no game (converted without env_id), 'pong' records PongNoFrameskip-v4.
     """
-    from atari_trtis_demo.model_repository import render_config
-    from atari_trtis_demo.onnx_export import convert
+    from atari_trtis_demo.convert.onnx_export import convert
+    from atari_trtis_demo.core.model_repository import render_config
 
     repo = tmp_path_factory.mktemp("serving") / "trtismodel"
     convert(str(agents["breakout"]), repository=str(repo), name="atari", max_batch_size=8)

@@ -114,7 +114,7 @@ def tree_digest(path: Path) -> dict[str, str]:
 def serving_on_free_ports(repository: Path, grpc_port: int | None = None, **kwargs: Any):
     """``serve.serving`` (a context manager) on free ports; ``grpc_port`` fixed when given; ``kwargs`` as
     for ``serve.start_server`` (``access``, ``tls``...)."""
-    from atari_trtis_demo.serve import serving
+    from atari_trtis_demo.serving.serve import serving
 
     http, grpc_, metrics = free_ports(3)
     return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics, **kwargs)
@@ -147,7 +147,7 @@ def stock_chainerrl_dqn(n_actions: int, epsilon: float = 0.1):
     import chainer
     from chainerrl import agents, explorers, replay_buffer
 
-    from atari_trtis_demo.agent import make_q_function
+    from atari_trtis_demo.train.agent import make_q_function
 
     q_function = make_q_function(n_actions)
     optimizer = chainer.optimizers.RMSpropGraves(lr=2.5e-4, alpha=0.95, momentum=0.0, eps=1e-2)

@@ -23,9 +23,14 @@ import numpy as np
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command, serving_on_free_ports
 
-from atari_trtis_demo.cli_args import run_cli
-from atari_trtis_demo.errors import ServiceError, UserError, one_line
-from atari_trtis_demo.inference_client import (
+from atari_trtis_demo.core.cli_args import run_cli
+from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
+    GRPCInferenceServiceServicer,
+    add_GRPCInferenceServiceServicer_to_server,
+)
+from atari_trtis_demo.play.inference_client import (
     KEY_ENV,
     KEY_HEADER,
     BadResponse,
@@ -38,11 +43,6 @@ from atari_trtis_demo.inference_client import (
     TlsMismatch,
     player_key,
     read_root_certificate,
-)
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
-    GRPCInferenceServiceServicer,
-    add_GRPCInferenceServiceServicer_to_server,
 )
 
 N_ACTIONS = 4
@@ -382,7 +382,7 @@ def test_a_refused_key_is_exit_2_and_never_the_fallback_loop(
 
 def start_restricted_triton(repository: Path, key: str):
     """serve's own Triton with the players' key: every protocol but health needs it (issue 15 item 2)."""
-    from atari_trtis_demo.serve_security import Access
+    from atari_trtis_demo.serving.serve_security import Access
 
     return serving_on_free_ports(repository, access=Access(admin_key="admin-k3y", player_key=key))
 

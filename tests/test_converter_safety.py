@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from helpers import CONVERTER, SERVE, free_ports, one_error_line, run_command, tree_digest
 
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.model_repository import (
+from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.model_repository import (
     CONFIG_DIGEST_PREFIX,
     existing_versions,
     read_repository,
     render_config,
 )
-from atari_trtis_demo.onnx_export import convert
 
 # Each is a digit to str.isdigit(): fullwidth one, Arabic-indic three, superscript two
 # (int() reads the first two as 1 and 3, and refuses the last).

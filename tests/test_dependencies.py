@@ -1,10 +1,14 @@
-"""The dependency rule, checked rather than written in docstrings.
+"""The dependency rule, checked by subpackage rather than written in docstrings.
 
-- The model's I/O contract (``contract``) and the game id (``game_id``) need the standard library only.
+- The package is its stages: ``core``, ``train``, ``convert``, ``serving``, ``play`` (and the
+  generated ``kserve`` stubs); above them only the command entries (``console``, ``serve``, ``plots``).
+- Imports only run downward: entries -> stages -> ``core`` -> ``kserve``. ``core``, ``serving`` and
+  ``play`` never import ``train`` or ``convert``; ``convert`` may import ``train`` (it loads the
+  agent). The one exception: the play side's local Chainer policy imports ``train.agent`` inside
+  the function that builds it.
+- The model's I/O contract (``core.contract``) and the game id (``core.game_id``) need the standard library only.
 - Serving and the inference client need neither Chainer, cv2, gymnasium nor the ALE: they import
   with those blocked, in a fresh interpreter (as in a client-only or server-only install).
-- No module on the serving, playing or shared side imports a training or conversion module at
-  module level; the one lazy exception is the play side's local Chainer policy (``agent``).
 - The package has no import cycle, and the Triton twin imports nothing of the package.
 
 The static checks read every module's ``import`` statements with :mod:`ast`, so they see
@@ -24,32 +28,46 @@ from helpers import ROOT, run_python_stdlib_only, run_python_without
 PACKAGE = "atari_trtis_demo"
 PACKAGE_DIR = ROOT / PACKAGE
 
-# The training and conversion stages: Chainer, ChainerRL, ONNX-Chainer live here.
-TRAIN_CONVERT = {"agent", "training", "train_cli", "onnx_export", "convert_cli", "model_zoo"}
-# The console-script dispatcher: the one module above every stage, importing each lazily.
-ENTRY_POINTS = {"console"}
-# Modules that must never import a training or conversion module, not even inside a function:
-# the shared core, the server side and the client.
-NEVER_TRAIN_SIDE = {
-    "contract", "errors", "atomic", "game_id", "envs", "atari_wrappers", "cli_args",
-    "model_repository", "serve", "triton_twin", "triton_twin_model", "triton_workdir", "triton_stats",
-    "inference_client", "play_stats",
-}  # fmt: skip
-# What the play side may import lazily from the training side: the standalone player
-# (``--modelpath``) runs the Chainer agent itself, and importing ``agent`` inside the
-# function that builds that policy keeps Chainer out of the remote player's imports.
-LAZY_FROM_PLAY = {"agent"}
+# The command entries above every stage: the console-script dispatcher and the two ``python -m``
+# spellings kept from before the subpackages (and the package's own __init__, "").
+ENTRY_POINTS = {"", "console", "serve", "plots"}
+# What each stage may import besides itself: the layer order, written once. ``kserve`` holds the
+# generated protocol stubs, below ``core`` because ``core.model_repository`` reads configs with them.
+MAY_IMPORT = {
+    "kserve": set(),
+    "core": {"kserve"},
+    "train": {"core"},
+    "convert": {"core", "kserve", "train"},
+    "serving": {"core", "kserve"},
+    "play": {"core", "kserve"},
+}
+# The one import against the layers, and only inside a function: the standalone player
+# (``--modelpath``) runs the Chainer agent itself, and importing it lazily keeps Chainer out of
+# the remote player's imports.
+LAZY_EXCEPTIONS = {("play.policies", "train.agent")}
 # Modules that pull in cv2 and gymnasium (the env wrappers), and those that must not reach them.
-GYM_SIDE = {"envs", "atari_wrappers"}
-WITHOUT_GYM = {
-    "contract", "errors", "atomic", "game_id", "model_repository", "serve", "triton_twin", "triton_workdir",
-    "triton_stats", "inference_client", "play_stats",
+GYM_SIDE = {"core.envs", "core.atari_wrappers"}
+WITHOUT_GYM_OUTSIDE_SERVING = {
+    "core.contract", "core.errors", "core.atomic", "core.game_id", "core.cli_args", "core.model_repository",
+    "core.model_config", "core.typed_flags",
+    "play.inference_client", "play.play_stats",
 }  # fmt: skip
 # Blocked when serving and the client are imported: the training stack and the games.
 NOT_FOR_SERVING = ("chainer", "chainerrl", "onnx_chainer", "gym", "cv2", "gymnasium", "ale_py", "pygame")
-SERVING_MODULES = ("serve", "triton_twin", "triton_workdir", "triton_stats", "model_repository")
 # The twin runs inside Triton's stub process, where this package is not importable.
+TWIN = "serving.triton_twin_model"
 TWIN_IMPORTS = {"numpy", "onnxruntime", "triton_python_backend_utils"}
+
+
+def stage_of(module: str) -> str | None:
+    """The stage a module belongs to (its first name), None for the entries above the stages."""
+    return None if module in ENTRY_POINTS else module.split(".")[0]
+
+
+def serving_modules() -> list[str]:
+    """Every module of the serving stage that Python can import here (the twin needs Triton's utils)."""
+    names = [".".join(p.relative_to(PACKAGE_DIR).with_suffix("").parts) for p in (PACKAGE_DIR / "serving").glob("*.py")]
+    return sorted(n for n in names if n != TWIN and not n.endswith("__init__"))
 
 
 @dataclass(frozen=True)
@@ -125,18 +143,45 @@ def own_imports(graph: dict[str, list[Import]], name: str, lazy: bool = True) ->
 
 def test_the_parser_sees_the_imports_it_must_judge(graph: dict[str, list[Import]]) -> None:
     """Guards the checks below: a parser that saw nothing would let every rule pass."""
-    assert {"contract", "serve", "policies", "agent", "kserve.kserve_v2_pb2"} <= set(graph)
-    assert any(i.target == "contract" and not i.lazy for i in graph["inference_client"])
-    assert any(i.target == "kserve.kserve_v2_pb2" for i in graph["inference_client"]), "from package import module"
-    assert any(i.target == "onnx_export" and i.lazy for i in graph["convert_cli"]), "imports inside functions"
-    assert any(i.target == "chainer" and not i.lazy for i in graph["agent"])
+    assert {"core.contract", "serving.serve", "play.policies", "train.agent", "kserve.kserve_v2_pb2"} <= set(graph)
+    assert any(i.target == "core.contract" and not i.lazy for i in graph["play.inference_client"])
+    assert any(i.target == "core.atomic" for i in graph["core.model_repository"]), "from package import module"
+    assert any(i.target == "convert.onnx_export" and i.lazy for i in graph["convert.convert_cli"]), "lazy imports"
+    assert any(i.target == "chainer" and not i.lazy for i in graph["train.agent"])
+    assert any(i.target == "train.agent" and i.lazy for i in graph["play.policies"]), "the lazy exception is seen"
+
+
+def test_every_module_sits_in_a_stage(graph: dict[str, list[Import]]) -> None:
+    """The tree shows the stages: no module lies loose beside them but the command entries."""
+    loose = [name for name in graph if stage_of(name) is not None and stage_of(name) not in MAY_IMPORT]
+    assert not loose, f"modules outside the stages {sorted(MAY_IMPORT)}: {sorted(loose)}"
+    assert {stage_of(name) for name in graph} - {None} == set(MAY_IMPORT), "a stage with no module"
+
+
+def test_imports_only_run_downward(graph: dict[str, list[Import]]) -> None:
+    """core, serving and play never import train or convert; nothing imports an entry; inside functions too."""
+    wrong = []
+    for name in sorted(graph):
+        stage = stage_of(name)
+        for imp in own_imports(graph, name):
+            target_stage = stage_of(imp.target)
+            if stage is None:  # an entry: may import any stage
+                ok = True
+            elif target_stage is None:
+                ok = False  # an entry is imported by no stage (it is where a command starts)
+            else:
+                ok = target_stage == stage or target_stage in MAY_IMPORT[stage]
+                ok = ok or (imp.lazy and (name, imp.target) in LAZY_EXCEPTIONS)
+            if not ok:
+                wrong.append(str(imp))
+    assert not wrong, "imports against the dependency rule:\n" + "\n".join(wrong)
 
 
 def test_contract_and_game_id_need_only_the_standard_library() -> None:
     result = run_python_stdlib_only(
         "import importlib.util\n"
         "assert importlib.util.find_spec('numpy') is None, 'third-party packages must be unreachable here'\n"
-        "from atari_trtis_demo import contract, game_id\n"
+        "from atari_trtis_demo.core import contract, game_id\n"
         "assert game_id.ENV_ID_KEY == contract.ENV_ID_KEY\n"
         "print(contract.FRAME_STACK_SHAPE, game_id.resolve_env_id(None, None, 'nowhere'))\n"
     )
@@ -146,7 +191,7 @@ def test_contract_and_game_id_need_only_the_standard_library() -> None:
 
 def test_every_stage_takes_the_contract_from_one_place() -> None:
     """The old homes of the contract's names re-export the very same values."""
-    from atari_trtis_demo import atari_wrappers, contract, envs, game_id, model_repository
+    from atari_trtis_demo.core import atari_wrappers, contract, envs, game_id, model_repository
 
     assert (atari_wrappers.FRAME_SIZE, atari_wrappers.STACK_SIZE) == (contract.FRAME_SIZE, contract.STACK_SIZE)
     assert (envs.FRAME_SIZE, envs.STACK_SIZE, envs.DEFAULT_ENV_ID) == (84, 4, contract.DEFAULT_ENV_ID)
@@ -158,8 +203,8 @@ def test_every_stage_takes_the_contract_from_one_place() -> None:
 def test_the_inference_client_imports_without_chainer_cv2_or_gymnasium() -> None:
     result = run_python_without(
         "import sys\n"
-        "from atari_trtis_demo.inference_client import InferenceClient\n"
-        "from atari_trtis_demo.game_id import remote_game\n"
+        "from atari_trtis_demo.play.inference_client import InferenceClient\n"
+        "from atari_trtis_demo.core.game_id import remote_game\n"
         "print(sorted(n for n in sys.modules if n.split('.')[0] in ('numpy', 'grpc')) != [])\n",
         modules=NOT_FOR_SERVING,
     )
@@ -168,8 +213,9 @@ def test_the_inference_client_imports_without_chainer_cv2_or_gymnasium() -> None
 
 
 def test_serving_imports_without_chainer_cv2_or_gymnasium() -> None:
-    """Not only imported: serve's command line parses its --help with the training stack and the games blocked."""
-    modules = ", ".join(f"atari_trtis_demo.{name}" for name in SERVING_MODULES)
+    """Every serving module, and serve's command line through its ``python -m`` entry parsing --help, with the
+    training stack and the games blocked."""
+    modules = ", ".join(f"atari_trtis_demo.{name}" for name in [*serving_modules(), "core.model_repository"])
     result = run_python_without(
         f"import {modules}\nfrom atari_trtis_demo.serve import main\nraise SystemExit(main(['--help']))\n",
         modules=NOT_FOR_SERVING,
@@ -178,23 +224,11 @@ def test_serving_imports_without_chainer_cv2_or_gymnasium() -> None:
     assert "--model-repository" in result.stdout
 
 
-def test_no_shared_serving_or_play_module_imports_training_or_conversion(graph: dict[str, list[Import]]) -> None:
-    below = set(graph) - TRAIN_CONVERT - ENTRY_POINTS
-    wrong = []
-    for name in sorted(below):
-        for imp in own_imports(graph, name):
-            if imp.target not in TRAIN_CONVERT:
-                continue
-            allowed_lazily = imp.lazy and imp.target in LAZY_FROM_PLAY and name not in NEVER_TRAIN_SIDE
-            if not allowed_lazily:
-                wrong.append(str(imp))
-    assert not wrong, "imports against the dependency rule:\n" + "\n".join(wrong)
-
-
 def test_serving_and_the_client_never_reach_cv2_or_gymnasium(graph: dict[str, list[Import]]) -> None:
     """Through any chain of module-level imports: the static twin of the runtime checks above."""
     wrong = []
-    for start in sorted(WITHOUT_GYM):
+    without_gym = {name for name in graph if stage_of(name) == "serving"} | WITHOUT_GYM_OUTSIDE_SERVING
+    for start in sorted(without_gym):
         seen, todo, via = {start}, [start], {start: [start]}
         while todo:
             name = todo.pop()
@@ -230,11 +264,11 @@ def test_no_import_cycles(graph: dict[str, list[Import]]) -> None:
 
 def test_the_triton_twin_needs_nothing_of_this_package(graph: dict[str, list[Import]]) -> None:
     """It runs inside Triton's backend stub, where only numpy, onnxruntime and Triton's utils are at hand."""
-    imported = {i.target.split(".")[0] for i in graph["triton_twin_model"]}
+    imported = {i.target.split(".")[0] for i in graph[TWIN]}
     assert imported, "the twin's imports were not found"
     assert imported - set(sys.stdlib_module_names) <= TWIN_IMPORTS, imported
 
 
 def test_the_contract_imports_nothing_but_the_standard_library(graph: dict[str, list[Import]]) -> None:
-    imported = {i.target.split(".")[0] for i in graph["contract"]}
+    imported = {i.target.split(".")[0] for i in graph["core.contract"]}
     assert imported <= set(sys.stdlib_module_names), imported

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import assert_runs_without_chainer
 
-from atari_trtis_demo.envs import (
+from atari_trtis_demo.core.envs import (
     LazyFrames,
     OldGymAPI,
     RandomizeAction,
@@ -17,7 +17,7 @@ from atari_trtis_demo.envs import (
     make_env,
     scale_observation,
 )
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.errors import UserError
 
 
 def reference_observations(env_id: str, seed: int, actions: list[int]) -> list[np.ndarray]:
@@ -224,7 +224,7 @@ def test_old_gym_api_maps_truncation_to_needs_reset() -> None:
 def test_envs_module_does_not_import_chainer() -> None:
     """Not only imported: a game made, reset and stepped without Chainer."""
     result = assert_runs_without_chainer(
-        "from atari_trtis_demo.envs import make_env\n"
+        "from atari_trtis_demo.core.envs import make_env\n"
         "env = make_env('BreakoutNoFrameskip-v4', train=False); env.reset(seed=0); env.step(0)\n"
         "print('ok')"
     )

@@ -19,11 +19,12 @@ from helpers import (
     stock_chainerrl_dqn,
 )
 
-from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.envs import check_env_id
-from atari_trtis_demo.errors import UserError
-from atari_trtis_demo.inference_client import InferenceClient
-from atari_trtis_demo.onnx_export import convert
+from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.core.envs import check_env_id
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.model_repository import read_repository
+from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.train.agent import make_agent
 
 PONG, BREAKOUT = "PongNoFrameskip-v4", "BreakoutNoFrameskip-v4"
 TINY_RUN = ["--gpu", "-1", "--replay-start-size", "32", "--eval-interval", "40", "--eval-n-steps", "20",
@@ -118,7 +119,8 @@ def test_stock_chainerrl_directory_converts_with_env(pong_agents: dict[str, Path
     """No agent_state.json: --env names the game (and is recorded); without it the default game must fit."""
     result = convert(str(pong_agents["stock_pong"]), repository=str(tmp_path / "repo"), env_id=PONG)
     assert result.env_id == PONG and result.recorded_env_id is None
-    assert 'key: "env_id" value: { string_value: "PongNoFrameskip-v4" }' in Path(result.config_path or "").read_text()
+    (model,) = read_repository(tmp_path / "repo")  # the config as serve reads it
+    assert model.config.parameters["env_id"].string_value == PONG
     with pytest.raises(UserError, match=f"6 actions but {BREAKOUT} has 4: pass --env"):
         convert(str(pong_agents["stock_pong"]), repository=str(tmp_path / "r2"))
 

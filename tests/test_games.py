@@ -13,13 +13,13 @@ import pygame
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command
 
-from atari_trtis_demo.game import PlayConfig
-from atari_trtis_demo.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
-from atari_trtis_demo.inference_client import InferenceClient
-from atari_trtis_demo.many_games import evaluation_summary, play_games
-from atari_trtis_demo.onnx_export import convert
-from atari_trtis_demo.serve import serving
-from atari_trtis_demo.triton_stats import delta, metrics_url, read_metrics, wait_for_metrics
+from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.game import PlayConfig
+from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
+from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.play.many_games import evaluation_summary, play_games
+from atari_trtis_demo.serving.serve import serving
+from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics, wait_for_metrics
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 ENV_ID = "BreakoutNoFrameskip-v4"

@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 from chainerrl import misc, q_functions
 
-from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.envs import OldGymAPI
-from atari_trtis_demo.training import train_with_evaluation
+from atari_trtis_demo.core.envs import OldGymAPI
+from atari_trtis_demo.train.agent import make_agent
+from atari_trtis_demo.train.training import train_with_evaluation
 
 LENGTH = 8
 TIME_LIMIT = 30

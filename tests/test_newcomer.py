@@ -146,7 +146,7 @@ def ball_visible(rgb) -> bool:
 
 
 def test_fire_on_life_loss_serves_after_every_lost_life():
-    from atari_trtis_demo.envs import FireOnLifeLoss, find_wrapper, make_env
+    from atari_trtis_demo.core.envs import FireOnLifeLoss, find_wrapper, make_env
 
     env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=True)
     env.reset(seed=0)
@@ -172,7 +172,7 @@ def test_fire_on_life_loss_serves_after_every_lost_life():
 
 
 def test_without_the_option_a_game_that_never_fires_stands_still():
-    from atari_trtis_demo.envs import FireOnLifeLoss, find_wrapper, make_env
+    from atari_trtis_demo.core.envs import FireOnLifeLoss, find_wrapper, make_env
 
     env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=False)
     env.reset(seed=0)
@@ -183,7 +183,7 @@ def test_without_the_option_a_game_that_never_fires_stands_still():
 
 
 def test_training_never_fires_for_the_agent():
-    from atari_trtis_demo.envs import FireOnLifeLoss, find_wrapper, make_env
+    from atari_trtis_demo.core.envs import FireOnLifeLoss, find_wrapper, make_env
 
     env = make_env("BreakoutNoFrameskip-v4", train=True, fire_on_life_loss=True)
     assert find_wrapper(env, FireOnLifeLoss) is None
@@ -195,7 +195,7 @@ def test_training_never_fires_for_the_agent():
 def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_path):
     import imageio.v2 as imageio
 
-    from atari_trtis_demo.screen import RECORD_EVERY
+    from atari_trtis_demo.play.screen import RECORD_EVERY
 
     _, run_dir = tiny_run
     video, shot = tmp_path / "play.mp4", tmp_path / "last.png"
@@ -223,7 +223,7 @@ def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_pat
 @pytest.mark.parametrize("n", [4, 16, 30, 64])
 def test_grid_window_fits_the_display_with_gaps_and_readable_labels(n, monkeypatch):
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")  # a real display surface; SDL's dummy screen is 1024x768
-    from atari_trtis_demo.grid_screen import GAP, LABEL_HEIGHT, SCREEN_MARGIN, GridScreen
+    from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, SCREEN_MARGIN, GridScreen
 
     screen = GridScreen("fit", n, scale=3)
     try:
@@ -242,7 +242,7 @@ def test_grid_window_fits_the_display_with_gaps_and_readable_labels(n, monkeypat
 
 
 def test_grid_of_16_fits_a_1280_px_screen():
-    from atari_trtis_demo.grid_screen import GridScreen
+    from atari_trtis_demo.play.grid_screen import GridScreen
 
     screen = GridScreen("fit", 16, scale=3, headless=True, screenshot="unused.png", max_size=(1280 - 16, 800 - 120))
     assert screen.window_size()[0] <= 1280 - 16 and screen.window_size()[1] <= 800 - 120
@@ -284,7 +284,7 @@ def test_demo_port_taken_stops_before_training_naming_demo_port(tmp_path):
 
 
 def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(tmp_path):
-    from atari_trtis_demo.envs import DEFAULT_ENV_ID
+    from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
 
     with port_taken(18000):
         result = run_demo(tmp_path, timeout=900, DEMO_STEPS="200", DEMO_PLAY_STEPS="60")

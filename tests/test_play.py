@@ -24,11 +24,11 @@ from helpers import (
     start_command,
 )
 
-from atari_trtis_demo.game import PlayConfig, play
-from atari_trtis_demo.inference_client import ServerUnavailable
-from atari_trtis_demo.onnx_export import convert
-from atari_trtis_demo.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
-from atari_trtis_demo.serve import serving
+from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.game import PlayConfig, play
+from atari_trtis_demo.play.inference_client import ServerUnavailable
+from atari_trtis_demo.play.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
+from atari_trtis_demo.serving.serve import serving
 
 # In-process play (window tests) draws on pygame's headless driver; the commands run with it too.
 os.environ["SDL_VIDEODRIVER"] = "dummy"
@@ -81,7 +81,7 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
 
 def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(server) -> None:
     """At 15 agent steps/s a loopback round trip fits inside one step: staleness p50 at most 1."""
-    from atari_trtis_demo.inference_client import InferenceClient
+    from atari_trtis_demo.play.inference_client import InferenceClient
 
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
         started = time.perf_counter()
@@ -94,7 +94,7 @@ def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(serv
 
 
 def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
-    from atari_trtis_demo.inference_client import InferenceClient
+    from atari_trtis_demo.play.inference_client import InferenceClient
 
     rates = {}
     for sync in (True, False):
@@ -112,7 +112,7 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
     shot = tmp_path / "screen.png"
     policy = LocalChainerPolicy(str(agents["breakout"]))
     config = PlayConfig(sync=True, max_steps=40, rendering_scale=2, screenshot=str(shot), fps=0)
-    from atari_trtis_demo.screen import Screen
+    from atari_trtis_demo.play.screen import Screen
 
     frames = []
     real_draw = Screen.draw
@@ -272,7 +272,7 @@ def test_remote_player_does_not_need_chainer(server) -> None:
     result = assert_runs_without_chainer(
         f"sys.argv = ['app.py', '--host', '127.0.0.1', '--port', '{server.grpc_port}', '--headless',"
         " '--max-steps', '20', '--fps', '0']\n"
-        "from atari_trtis_demo.play_cli import remote_main\n"
+        "from atari_trtis_demo.play.play_cli import remote_main\n"
         "raise SystemExit(remote_main())"
     )
     assert "20 agent steps" in result.stdout
@@ -366,8 +366,8 @@ def test_local_inference_in_a_client_only_install_is_one_line(
 ) -> None:
     """After ./setup.sh --client there is no gym, Chainer or ChainerRL: say what to install."""
     code = (
-        f"from atari_trtis_demo.play_cli import {main}\n"
-        "from atari_trtis_demo.cli_args import run_cli\n"
+        f"from atari_trtis_demo.play.play_cli import {main}\n"
+        "from atari_trtis_demo.core.cli_args import run_cli\n"
         f"run_cli(lambda: {main}({argv(agents['breakout']) + ['--headless']!r}))"
     )
     result = run_python_without(code, modules=("gym", "chainer", "chainerrl"))

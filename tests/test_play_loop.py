@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command, serving_on_free_ports, start_command
 
-from atari_trtis_demo.inference_client import InferenceClient, ServerUnavailable
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
     GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
-from atari_trtis_demo.many_games import play_games
-from atari_trtis_demo.play_loop import play_games as play_policies
-from atari_trtis_demo.play_parts import overlay_lines
-from atari_trtis_demo.play_result import EVALUATION_EPISODE_CAP, PlayConfig
-from atari_trtis_demo.play_stats import LatencyStats
-from atari_trtis_demo.policies import Policy
-from atari_trtis_demo.screen import Screen
+from atari_trtis_demo.play.inference_client import InferenceClient, ServerUnavailable
+from atari_trtis_demo.play.many_games import play_games
+from atari_trtis_demo.play.play_loop import play_games as play_policies
+from atari_trtis_demo.play.play_parts import overlay_lines
+from atari_trtis_demo.play.play_result import EVALUATION_EPISODE_CAP, PlayConfig
+from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.policies import Policy
+from atari_trtis_demo.play.screen import Screen
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 ENV_ID = "BreakoutNoFrameskip-v4"

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import CONVERTER, REMOTE, one_error_line, run_command, serving_on_free_ports, stock_chainerrl_dqn
 
+from atari_trtis_demo.core.model_repository import read_repository
+
 PONG = "PongNoFrameskip-v4"
 
 
@@ -55,8 +57,8 @@ def test_pretrained_agent_downloads_converts_serves_and_plays(zoo: str, tmp_path
     state = json.loads((agent_dir / "agent_state.json").read_text())
     assert state["env_id"] == PONG and state["n_actions"] == 6
     assert {"model.npz", "target_model.npz", "optimizer.npz"} <= set(os.listdir(agent_dir))
-    config = (tmp_path / repository / "atari" / "config.pbtxt").read_text()
-    assert f'key: "env_id" value: {{ string_value: "{PONG}" }}' in config
+    (model,) = read_repository(tmp_path / repository)  # the config as serve reads it
+    assert model.config.parameters["env_id"].string_value == PONG
     assert f"python -m atari_trtis_demo.serve --model-repository {repository}\n" in result.stdout
     assert "python src/app.py --host 127.0.0.1 --port 8001" in result.stdout
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import imageio.v2 as imageio
 import pytest
 
-from atari_trtis_demo.agent import make_agent
-from atari_trtis_demo.screen import RECORD_EVERY
+from atari_trtis_demo.play.screen import RECORD_EVERY
+from atari_trtis_demo.train.agent import make_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDALONE = ROOT / "standalone_src" / "app.py"

@@ -30,8 +30,8 @@ from tritonclient.utils import InferenceServerException
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.serve import serving, start_server
-from atari_trtis_demo.serve_security import (
+from atari_trtis_demo.serving.serve import serving, start_server
+from atari_trtis_demo.serving.serve_security import (
     ADMIN_HEADER,
     PLAYER_HEADER,
     Access,
@@ -42,8 +42,8 @@ from atari_trtis_demo.serve_security import (
     player_metadata,
     triton_address,
 )
-from atari_trtis_demo.serve_supervisor import supervise
-from atari_trtis_demo.triton_workdir import SHM_DIR, LogPump, processes_using, shm_regions_of
+from atari_trtis_demo.serving.serve_supervisor import supervise
+from atari_trtis_demo.serving.triton_workdir import SHM_DIR, LogPump, processes_using, shm_regions_of
 
 PLAYER_KEY = "player-secret-1"
 ADMIN_KEY = "owner-secret-1"

@@ -28,8 +28,10 @@ from helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
-from atari_trtis_demo.errors import ServiceError, UserError
-from atari_trtis_demo.inference_client import (
+from atari_trtis_demo.core.errors import ServiceError, UserError
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from atari_trtis_demo.play.inference_client import (
     InferenceClient,
     InvalidRequest,
     ModelNotReady,
@@ -37,10 +39,8 @@ from atari_trtis_demo.inference_client import (
     ServerGoingAway,
     ServerUnavailable,
 )
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.serve import processes_using, read_repository
-from atari_trtis_demo.triton_twin import TWIN_BATCH_FACTOR
+from atari_trtis_demo.serving.serve import processes_using, read_repository
+from atari_trtis_demo.serving.triton_twin import TWIN_BATCH_FACTOR
 
 
 def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
@@ -372,7 +372,7 @@ def test_bad_repository_fails_at_once_naming_the_file(
 
 def test_client_module_does_not_import_chainer() -> None:
     result = assert_runs_without_chainer(
-        "import atari_trtis_demo.inference_client, atari_trtis_demo.serve\nprint('ok')", timeout=60
+        "import atari_trtis_demo.play.inference_client, atari_trtis_demo.serving.serve\nprint('ok')", timeout=60
     )
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -409,7 +409,7 @@ def test_serve_refuses_a_port_another_server_holds_and_that_server_keeps_serving
 
 def test_readiness_is_that_of_the_server_started_not_of_whoever_answers_on_the_port(server, tmp_path: Path) -> None:
     """A process that never serves, on a port where another Triton answers ready: never reported ready."""
-    from atari_trtis_demo.serve import TritonServer, wait_until_ready
+    from atari_trtis_demo.serving.serve import TritonServer, wait_until_ready
 
     (tmp_path / "tritonserver.log").write_text("")
     impostor = subprocess.Popen(["sleep", "30"])
@@ -429,7 +429,7 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
     repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The port taken between serve's check and Triton's bind: Triton's own failure, told as its cause."""
-    from atari_trtis_demo import serve
+    from atari_trtis_demo.serving import serve
 
     monkeypatch.setattr(serve, "check_ports", lambda address, ports: None)
     http, grpc_port, metrics = free_ports(3)

@@ -18,9 +18,9 @@ import pytest
 from chainerrl import agents
 from helpers import TRAIN, one_error_line, run_command, start_command, stock_chainerrl_dqn, tree_digest
 
-from atari_trtis_demo.agent import load_agent, make_agent, read_agent_step
-from atari_trtis_demo.envs import make_env
-from atari_trtis_demo.errors import UserError
+from atari_trtis_demo.core.envs import make_env
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.train.agent import load_agent, make_agent, read_agent_step
 
 # A run short enough for a test: 300 agent steps, updates from step 200, two evaluations.
 SHORT_RUN = [
@@ -140,7 +140,7 @@ def test_failed_save_leaves_the_previous_agent_intact(tmp_path: Path, monkeypatc
 
 SAVE_LOOP = """
 import sys
-from atari_trtis_demo.agent import make_agent
+from atari_trtis_demo.train.agent import make_agent
 agent = make_agent(4)
 print("ready", flush=True)
 i = 0
@@ -352,7 +352,7 @@ def test_load_rejects_a_directory_saved_mid_way(tmp_path: Path) -> None:
 def test_progress_line_shows_steps_rate_eta_epsilon_and_scores() -> None:
     import io
 
-    from atari_trtis_demo.training import ProgressLine, format_duration
+    from atari_trtis_demo.train.training import ProgressLine, format_duration
 
     class Agent:
         class explorer:  # noqa: N801 - shaped like ChainerRL's LinearDecayEpsilonGreedy
@@ -379,7 +379,7 @@ def test_progress_eta_waits_for_the_updates() -> None:
     """While the replay buffer fills (fast, no updates) the line says when updates start, not a false ETA."""
     import io
 
-    from atari_trtis_demo.training import ProgressLine
+    from atari_trtis_demo.train.training import ProgressLine
 
     class Agent:
         class replay_updater:  # noqa: N801 - shaped like ChainerRL's ReplayUpdater

@@ -17,10 +17,10 @@ import numpy as np
 import pygame
 import pytest
 
-from atari_trtis_demo.game import PlayConfig, overlay_lines, play
-from atari_trtis_demo.inference_client import ServerUnavailable
-from atari_trtis_demo.play_stats import LatencyStats
-from atari_trtis_demo.policies import FallbackPolicy, Policy
+from atari_trtis_demo.play.game import PlayConfig, overlay_lines, play
+from atari_trtis_demo.play.inference_client import ServerUnavailable
+from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.policies import FallbackPolicy, Policy
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_standalone_player_is_synchronous_unless_asked(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from atari_trtis_demo.agent import make_agent
+    from atari_trtis_demo.train.agent import make_agent
 
     agent = tmp_path / "agent"
     make_agent(4).save(str(agent))

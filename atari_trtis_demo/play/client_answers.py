@@ -1,0 +1,92 @@
+"""What the inference client accepts from a server: the model's signature at connection, each answer's Q-values.
+
+The client trusts nothing it gets back: the model must take FP32 frame stacks of the
+contract's shape and give one row of ``n_actions`` FP32 Q-values per stack, and every
+answer must be exactly that, with the right byte count and finite. Split from
+:mod:`atari_trtis_demo.play.inference_client`. No Chainer here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from atari_trtis_demo.core.contract import FRAME_SIZE, STACK_SIZE
+from atari_trtis_demo.core.errors import one_line
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.play.client_errors import BadResponse, ModelNotReady
+
+FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A shape for a message: a server's 10,000-dimension shape is not printed in full."""
+    return str(list(shape)) if len(shape) <= 6 else f"[{len(shape)} dimensions]"
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """The served model's tensors, as the client checked them at connection."""
+
+    input_name: str
+    output_name: str
+    n_actions: int
+    batched: bool  # the input has a batch dimension: [-1, 4, 84, 84]
+
+
+def check_signature(meta: pb.ModelMetadataResponse, model: str, address: str) -> ModelSignature:
+    """The model's signature from its metadata, or :class:`ModelNotReady` saying why the player cannot use it."""
+    if len(meta.inputs) != 1 or len(meta.outputs) != 1:
+        raise ModelNotReady(
+            f"model '{model}' on {address} has {len(meta.inputs)} inputs and {len(meta.outputs)} "
+            "outputs; expected one frame-stack input and one Q-value output"
+        )
+    (inp,), (out,) = meta.inputs, meta.outputs
+    shape = list(inp.shape)
+    batched = len(shape) == 4 and shape[0] == -1
+    if inp.datatype != "FP32" or shape[-3:] != FRAME_SHAPE or len(shape) not in (3, 4):
+        raise ModelNotReady(
+            f"model '{model}' expects {shape_text(shape)} {one_line(inp.datatype, 20)} but the player "
+            f"sends [-1, {STACK_SIZE}, {FRAME_SIZE}, {FRAME_SIZE}] FP32 frame stacks"
+        )
+    out_shape = list(out.shape)
+    if out.datatype != "FP32" or len(out_shape) != (2 if batched else 1) or out_shape[-1] < 1:
+        raise ModelNotReady(
+            f"model '{model}' outputs {shape_text(out_shape)} {one_line(out.datatype, 20)}; "
+            "expected [-1, n_actions] FP32 Q-values"
+        )
+    return ModelSignature(inp.name, out.name, int(out_shape[-1]), batched)
+
+
+def answer_q_values(
+    response: pb.ModelInferResponse, rows: int | None, signature: ModelSignature, where: str
+) -> np.ndarray:
+    """The answer's Q-values, checked: exactly ``rows`` rows of ``n_actions`` finite FP32 values.
+
+    ``rows`` None: an unbatched model's single row. ``where`` begins each message
+    ("host:port: model 'atari' answered"). The shape is compared before anything is
+    allocated: a lying server's [2**62, 4] costs nothing.
+    """
+    expected = [signature.n_actions] if rows is None else [rows, signature.n_actions]
+    for i, tensor in enumerate(response.outputs):
+        if tensor.name != signature.output_name:
+            continue
+        if tensor.datatype != "FP32":
+            raise BadResponse(f"{where} {one_line(tensor.datatype, 20)} Q-values, not FP32")
+        if len(tensor.shape) != len(expected) or list(tensor.shape) != expected:
+            raise BadResponse(
+                f"{where} shape {shape_text(tensor.shape)} for {rows or 1} frame stack(s); expected {expected}"
+            )
+        if i >= len(response.raw_output_contents):
+            raise BadResponse(f"{where} no raw contents for output '{one_line(tensor.name, 40)}'")
+        raw = response.raw_output_contents[i]
+        if len(raw) != 4 * math.prod(expected):
+            raise BadResponse(f"{where} {len(raw)} bytes for shape {expected} FP32, not {4 * math.prod(expected)}")
+        q_values = np.frombuffer(raw, dtype="<f4").reshape(expected)
+        if not np.isfinite(q_values).all():
+            raise BadResponse(f"{where} Q-values that are not finite (NaN or infinity)")
+        return q_values
+    raise BadResponse(f"{where} without the output '{one_line(signature.output_name, 40)}'")

@@ -1,0 +1,120 @@
+"""How the player reaches the server: the gRPC target and channel, TLS, and the player's key.
+
+Split from :mod:`atari_trtis_demo.play.inference_client`, which builds its channel from these:
+retries and reconnect backoff tuned for a server that closes connections every 2 s, a bound
+on answer size, a TLS root read and checked where the error can name ``--tls-ca``, and the key
+from ``$ATARI_DEMO_KEY`` sent as gRPC metadata. No Chainer here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+from pathlib import Path
+
+import grpc
+
+from atari_trtis_demo.core.errors import UserError
+
+# The player's key: read from this variable, sent as this gRPC header. Triton's own check of
+# --grpc-restricted-protocol=...:atari-demo-key=VALUE looks for the header with its gRPC prefix
+# (measured on tritonserver 2.51: it answers "expecting header 'triton-grpc-protocol-atari-demo-key'"),
+# so the key goes under both names.
+KEY_ENV = "ATARI_DEMO_KEY"
+KEY_HEADER = "atari-demo-key"
+TRITON_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER
+# A restarted server should be found again within about a second, not after gRPC's
+# default backoff of up to two minutes.
+# serve closes every connection after 2 s (a stream flood cannot hold the server): a call
+# that races the close fails UNAVAILABLE before the server saw it. gRPC retries such a call
+# (inference is idempotent) a few times within 0.1 s; a server that is really away still
+# fails at once, as before, after those retries.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+CHANNEL_OPTIONS = [
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", RETRY_SERVICE_CONFIG),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # Answers are a few Q-values per stack (1,024 stacks of 18 actions: 74 kB): a server
+    # cannot make the player allocate more than this for one.
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+]
+# Deadline of :meth:`InferenceClient.live` and of the TLS check at connection, s.
+PROBE_SECONDS = 0.2
+
+
+def read_root_certificate(path: str | Path, flag: str = "--tls-ca") -> bytes:
+    """The PEM root certificate(s) in ``path``; a missing, unreadable or non-PEM file is one line naming ``flag``."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
+    try:
+        # Parsed here, where the error can name the flag, not later inside gRPC's handshake.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError):
+        raise UserError(f"{flag} {path}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)") from None
+    return pem
+
+
+def player_key(key: str | None = None) -> str | None:
+    """The key to send: ``key`` if given, else ``$ATARI_DEMO_KEY``; None when empty or unset.
+
+    A key that cannot be a gRPC header value is one line naming the variable, not the key.
+    """
+    value = os.environ.get(KEY_ENV) if key is None else key
+    if not value:
+        return None
+    if value != value.strip() or not all(" " <= c <= "~" for c in value):
+        raise UserError(f"{KEY_ENV}: the key must be printable ASCII (no spaces at either end, no control characters)")
+    return value
+
+
+def grpc_target(host: str, port: int) -> str:
+    """``host:port`` as gRPC takes it: an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def speaks_tls(host: str, port: int, timeout: float = PROBE_SECONDS) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (any certificate): tells a TLS server from a plain one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host.strip("[]")):
+                return True
+    except (OSError, ValueError):
+        return False
+
+
+def key_metadata(secret: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The gRPC metadata that carries the player's key under both header names, or None without a key."""
+    return ((KEY_HEADER, secret), (TRITON_KEY_HEADER, secret)) if secret is not None else None
+
+
+def open_channel(address: str, tls_ca: str | Path | None) -> grpc.Channel:
+    """A gRPC channel to ``address`` with :data:`CHANNEL_OPTIONS`: TLS verified against ``tls_ca`` when given."""
+    if tls_ca is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=read_root_certificate(tls_ca))
+        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)

@@ -1,0 +1,300 @@
+"""The project's KServe v2 gRPC client for the exported DQN: what ``src/app.py`` talks through.
+
+Triton (or any KServe v2 server) is asked over ``inference.GRPCInferenceService``
+with the stubs generated from ``protos/``. The client checks the server and the
+model once at connection, sends frame stacks as raw little-endian bytes, and trusts
+nothing it gets back (:mod:`~atari_trtis_demo.play.client_answers`): every answer must be
+exactly one row of ``n_actions`` finite FP32 values per frame stack sent, and a server's
+error text reaches the user as one printable line. With ``ATARI_DEMO_KEY`` set (or ``key=``)
+every call carries the player's key; with ``tls_ca=`` the channel is TLS, verified against
+that root (:mod:`~atari_trtis_demo.play.client_channel`).
+
+Errors, and the exit code ``cli_args.run_cli`` gives them, are in
+:mod:`~atari_trtis_demo.play.client_errors` (re-exported here): :class:`InferenceError` and its
+subclasses are run-time failures (exit 1, the ones a fallback player plays through);
+:class:`KeyRefused` and :class:`TlsMismatch` are the player's setup (exit 2).
+
+No Chainer here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from atari_trtis_demo.core.contract import ENV_ID_KEY
+from atari_trtis_demo.core.errors import UserError, one_line
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from atari_trtis_demo.play.client_answers import FRAME_SHAPE, answer_q_values, check_signature
+from atari_trtis_demo.play.client_channel import (
+    CHANNEL_OPTIONS,
+    KEY_ENV,
+    KEY_HEADER,
+    PROBE_SECONDS,
+    RETRY_SERVICE_CONFIG,
+    TRITON_KEY_HEADER,
+    grpc_target,
+    key_metadata,
+    open_channel,
+    player_key,
+    read_root_certificate,
+    speaks_tls,
+)
+from atari_trtis_demo.play.client_errors import (
+    BadResponse,
+    InferenceError,
+    InvalidRequest,
+    KeyRefused,
+    ModelNotReady,
+    RequestTimeout,
+    ServerError,
+    ServerGoingAway,
+    ServerUnavailable,
+    TlsMismatch,
+    rpc_failure,
+)
+from atari_trtis_demo.play.play_stats import LatencyStats
+
+# The names this module had before the split, for the play loop, the tests and other callers.
+__all__ = [
+    "CHANNEL_OPTIONS", "DATATYPES", "FRAME_SHAPE", "KEY_ENV", "KEY_HEADER", "PROBE_SECONDS", "RETRY_SERVICE_CONFIG",
+    "TRITON_KEY_HEADER", "BadResponse", "InferenceClient", "InferenceError", "InvalidRequest", "KeyRefused",
+    "ModelNotReady", "RequestTimeout", "ServerError", "ServerGoingAway", "ServerUnavailable", "TlsMismatch",
+    "grpc_target", "player_key", "read_root_certificate", "speaks_tls",
+]  # fmt: skip
+
+# KServe v2 tensor data types by numpy dtype (only what a request may carry here).
+DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint8): "UINT8"}
+
+
+class InferenceClient:
+    """A connection to one model on a KServe v2 gRPC server (Triton).
+
+    >>> client = InferenceClient("127.0.0.1", 8001, "atari")   # checks server and model
+    >>> q_values = client.infer(frames)                          # (4,84,84) float32 -> (n_actions,)
+    >>> future = client.infer_async(frames)                      # same answer, without waiting
+    >>> client.infer(frames, timeout=0.2)                        # a deadline of its own for this call
+
+    ``key``: sent with every call (default ``$ATARI_DEMO_KEY``; never printed).
+    ``tls_ca``: a PEM root certificate file; the channel is then TLS, the server's
+    certificate checked against it (and against ``host``).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        model: str = "atari",
+        *,
+        timeout: float = 5.0,
+        version: str = "",
+        connect: bool = True,
+        key: str | None = None,
+        tls_ca: str | Path | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.address = grpc_target(host, port)
+        self.model = model
+        self.version = version
+        self.timeout = timeout
+        self.stats = LatencyStats()
+        self.tls = tls_ca is not None
+        secret = player_key(key)
+        self.keyed = secret is not None
+        self._metadata = key_metadata(secret)  # kept out of any attribute a repr or message would show
+        self._channel = open_channel(self.address, tls_ca)
+        self._stub = GRPCInferenceServiceStub(self._channel)
+        self.connected = False
+        self.env_id: str | None = None  # the model's game, once connected (None when its config records none)
+        if connect:
+            try:
+                self.connect()
+            except BaseException:
+                self._channel.close()
+                raise
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Check the server and the model once (every request does it first if it was not done).
+
+        A client made with ``connect=False`` can wait for a server that is not up yet.
+        ``timeout``: the deadline of each check call (default: the client's).
+        """
+        if self.connected:
+            return
+        try:
+            self._check_model(timeout)
+        except ServerUnavailable as e:
+            # A TLS server drops a plain client's connection ("Socket closed"), which reads like a
+            # server going down; a quick handshake of our own tells the two apart.
+            refused = "connection refused" in str(e).lower()  # nothing listens: no handshake to try
+            if not self.tls and e.status == "UNAVAILABLE" and not refused and speaks_tls(self.host, self.port):
+                raise TlsMismatch(
+                    f"{self.address} does not speak plain gRPC: is it serving TLS? pass --tls-ca FILE "
+                    "(the root certificate that signed the server's)"
+                ) from None
+            raise
+        self.connected = True
+
+    def live(self, timeout: float = PROBE_SECONDS) -> bool:
+        """Whether the server answers a liveness call within ``timeout`` s: a cheap probe that also
+        tells a server that accepts connections but never answers (False) from a live one."""
+        try:
+            return bool(self._stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout, metadata=self._metadata).live)
+        except grpc.RpcError:
+            return False
+
+    # -- connection checks -------------------------------------------------------------
+
+    def _check_model(self, timeout: float | None = None) -> None:
+        if not self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live:
+            raise ServerUnavailable(f"server at {self.address} is not live")
+        if not self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready:
+            raise ServerUnavailable(f"server at {self.address} is not ready")
+        try:
+            request = pb.ModelReadyRequest(name=self.model, version=self.version)
+            ready = self._call(self._stub.ModelReady, request, timeout).ready
+        except (InvalidRequest, ServerGoingAway):
+            ready = False
+        if not ready:
+            raise ModelNotReady(f"model '{self.model}' not found or not ready on {self.address}")
+        request = pb.ModelMetadataRequest(name=self.model, version=self.version)
+        meta = self._call(self._stub.ModelMetadata, request, timeout)
+        self.signature = check_signature(meta, self.model, self.address)
+        self.batched, self.n_actions = self.signature.batched, self.signature.n_actions
+        self.input_name, self.output_name = self.signature.input_name, self.signature.output_name
+        self.env_id = self._recorded_env_id(timeout)
+
+    def _recorded_env_id(self, timeout: float | None = None) -> str | None:
+        """The game the model's config records (parameter ``env_id``, written by the converter), or None.
+
+        A KServe server without Triton's ModelConfig call, or a model converted
+        without a known game, records none.
+        """
+        try:
+            request = pb.ModelConfigRequest(name=self.model, version=self.version)
+            config = self._call(self._stub.ModelConfig, request, timeout)
+        except (InvalidRequest, ServerError):  # UNIMPLEMENTED or refused: not Triton
+            return None
+        parameter = config.config.parameters.get(ENV_ID_KEY)
+        return parameter.string_value if parameter is not None and parameter.string_value else None
+
+    # -- requests ----------------------------------------------------------------------
+
+    def build_request(self, frames: np.ndarray, timeout: float | None = None) -> pb.ModelInferRequest:
+        """The ModelInfer request for a (4,84,84) stack or an (N,4,84,84) batch, as raw bytes.
+
+        Connects first if needed (``timeout``: the deadline of each check call).
+        """
+        self.connect(timeout)
+        array = np.asarray(frames)
+        if array.ndim == 3 and self.batched:
+            array = array[None]
+        datatype = DATATYPES.get(array.dtype)
+        if datatype is None:
+            raise InvalidRequest(f"frames of dtype {array.dtype} cannot be sent; the model takes float32")
+        request = pb.ModelInferRequest(model_name=self.model, model_version=self.version)
+        tensor = request.inputs.add()
+        tensor.name = self.input_name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        request.outputs.add().name = self.output_name
+        request.raw_input_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+        return request
+
+    def model_infer(self, request: pb.ModelInferRequest, timeout: float | None = None) -> pb.ModelInferResponse:
+        """Send one ModelInfer request as built (or altered) by the caller; errors as InferenceError.
+
+        ``timeout``: this call's deadline in seconds (default: the client's).
+        """
+        start = time.perf_counter()
+        response = self._call(self._stub.ModelInfer, request, timeout)
+        self.stats.record(time.perf_counter() - start)
+        return response
+
+    def infer(self, frames: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """Q-values: (n_actions,) for one (4,84,84) stack, (N, n_actions) for a batch.
+
+        ``timeout``: this call's deadline in seconds (default: the client's), e.g. a short
+        one for a probe that must not hold up a game.
+        """
+        request = self.build_request(frames, timeout)
+        rows = self._rows(request)
+        q_values = self._q_values(self.model_infer(request, timeout), rows)
+        return q_values[0] if np.ndim(frames) == 3 and self.batched else q_values
+
+    def infer_async(self, frames: np.ndarray, timeout: float | None = None) -> concurrent.futures.Future:
+        """Like :meth:`infer` without waiting: a future of the Q-values, or of the error
+        (:class:`InferenceError`, or :class:`KeyRefused`) that :meth:`infer` would raise."""
+        single = np.ndim(frames) == 3
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        result.set_running_or_notify_cancel()
+        start = time.perf_counter()
+        request = self.build_request(frames, timeout)
+        rows = self._rows(request)
+        call = self._stub.ModelInfer.future(request, timeout=self._deadline(timeout), metadata=self._metadata)
+
+        def done(call: Any) -> None:
+            # Runs on gRPC's thread: whatever goes wrong must land in the future, or the
+            # game would wait forever for an answer that never comes.
+            try:
+                try:
+                    response = call.result()
+                except grpc.RpcError as e:
+                    raise self._error(e, timeout) from None
+                self.stats.record(time.perf_counter() - start)
+                q_values = self._q_values(response, rows)
+                result.set_result(q_values[0] if single and self.batched else q_values)
+            except (InferenceError, UserError) as e:
+                result.set_exception(e)
+            except Exception as e:  # noqa: BLE001 (a cancelled call, or a check this module missed)
+                result.set_exception(
+                    BadResponse(f"{self.address}: unusable answer ({type(e).__name__}: {one_line(e)})")
+                )
+
+        call.add_done_callback(done)
+        return result
+
+    def _rows(self, request: pb.ModelInferRequest) -> int | None:
+        """How many Q-value rows the answer must hold: one per stack sent (None: an unbatched model)."""
+        return int(request.inputs[0].shape[0]) if self.batched else None
+
+    def _q_values(self, response: pb.ModelInferResponse, rows: int | None) -> np.ndarray:
+        """The answer's Q-values, checked (:func:`~atari_trtis_demo.play.client_answers.answer_q_values`)."""
+        return answer_q_values(response, rows, self.signature, f"{self.address}: model '{self.model}' answered")
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise self._error(e, timeout) from None
+
+    def _error(self, error: grpc.RpcError, timeout: float | None = None) -> InferenceError | UserError:
+        return rpc_failure(
+            error,
+            address=self.address,
+            model=self.model,
+            host=self.host,
+            deadline=self._deadline(timeout),
+            keyed=self.keyed,
+            tls=self.tls,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

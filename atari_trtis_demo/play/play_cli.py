@@ -1,0 +1,167 @@
+"""The command lines of both players: ``src/app.py`` (remote) and ``standalone_src/app.py`` (local).
+
+Flags as the 2019 apps had them (``--host``, ``--port``, ``--model``,
+``--rendering_scale``, ``--sync``, ``--modelpath``) plus this project's additions.
+The remote path imports no Chainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from atari_trtis_demo.core.cli_args import ArgumentParser, int_in, port
+from atari_trtis_demo.core.contract import DEFAULT_MODEL_NAME
+from atari_trtis_demo.core.envs import check_env_id
+from atari_trtis_demo.core.typed_flags import add_flags, flag, from_args
+from atari_trtis_demo.play.play_result import PlayConfig
+
+# PlayConfig's flags that only the remote player has; the standalone player declares its own --sync.
+REMOTE_ONLY = ("sync", "reconnect", "request_timeout")
+
+
+@dataclass
+class RemoteOptions:
+    """src/app.py's own flags beside :class:`PlayConfig`'s: where the server is, and how many games."""
+
+    host: str = flag("localhost", help="the inference server")
+    port: int = flag(8001, type=port, help="its gRPC port")
+    model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
+    fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
+    tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
+    games: int = flag(1, type=int_in(1, 1024), help="play N games at once, a grid in the window (many_games.py)")
+
+
+@dataclass
+class StandaloneOptions:
+    """standalone_src/app.py's own flag beside :class:`PlayConfig`'s: the agent it runs."""
+
+    modelpath: str = flag(help="ChainerRL agent directory (e.g. results/<run>/best)")
+
+
+def play_config(args: argparse.Namespace) -> PlayConfig:
+    """The parsed flags as a :class:`PlayConfig`; a --record path it cannot write is refused before any play."""
+    from atari_trtis_demo.play.screen import check_record_path
+
+    if args.env_id:
+        check_env_id(args.env_id)  # a typo is refused before connecting or loading a model
+    check_record_path(args.record)
+    return from_args(PlayConfig, args)  # env_id: None until the command knows the model's own game
+
+
+def announcer(json_path: str | None):  # -> Callable[[PlayResult], None]
+    """Print the statistics (and write --json) as soon as play ends: before any game-over screen."""
+    from atari_trtis_demo.play.play_result import write_json
+
+    def announce(result) -> None:  # result: PlayResult
+        print(result.report(), flush=True)
+        if json_path:
+            write_json(json_path, result)
+
+    return announce
+
+
+def exit_code(result) -> int:  # result: PlayResult
+    """1 when play ended on a failure (statistics up to then already printed), else 0."""
+    if result.error:
+        print(f"error: {result.error} (the game ended early; statistics above are up to then)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def remote_parser() -> ArgumentParser:
+    """src/app.py's flags: :class:`RemoteOptions` and every :class:`PlayConfig` flag."""
+    p = ArgumentParser(description="Play an Atari game; every action comes from a Triton server over gRPC.")
+    add_flags(p, RemoteOptions)
+    add_flags(p, PlayConfig)
+    return p
+
+
+def standalone_parser() -> ArgumentParser:
+    """standalone_src/app.py's flags: --sync/--async, :class:`StandaloneOptions` and the shared PlayConfig flags."""
+    p = ArgumentParser(description="Play an Atari game with the agent run locally by Chainer (no server).")
+    # No network to hide here: each action waits for its (3 ms) forward pass unless --async.
+    inference = p.add_mutually_exclusive_group()
+    inference.add_argument("--sync", action="store_true", default=True, help="wait for each action (the default)")
+    inference.add_argument(
+        "--async", dest="sync", action="store_false", help="run inference beside the game loop, as src/app.py does"
+    )
+    add_flags(p, StandaloneOptions)
+    add_flags(p, PlayConfig, skip=REMOTE_ONLY)
+    return p
+
+
+def remote_main(argv: Sequence[str] | None = None) -> int:
+    args = remote_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # Before gRPC loads: its core would log a failed TLS handshake to stderr beside our one line.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    config = play_config(args)  # env_id: set below, once the model's own game is known
+    server = from_args(RemoteOptions, args)
+    from atari_trtis_demo.core.game_id import remote_game
+    from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
+    from atari_trtis_demo.play.play_loop import play_games
+    from atari_trtis_demo.play.policies import (
+        PROBE_TIMEOUT_SECONDS,
+        FallbackNotice,
+        FallbackPolicy,
+        LocalChainerPolicy,
+        Policy,
+        RemotePolicy,
+    )
+
+    if not server.fallback_modelpath:
+        client = InferenceClient(
+            server.host, server.port, server.model, timeout=config.request_timeout, tls_ca=server.tls_ca
+        )
+        policies: list[Policy] = [RemotePolicy(client) for _ in range(server.games)]
+    else:
+        # The local agent first: a broken --fallback-modelpath is an error even while the server answers.
+        local = LocalChainerPolicy(server.fallback_modelpath, flag="--fallback-modelpath")
+        client = InferenceClient(
+            server.host, server.port, server.model, timeout=config.request_timeout, connect=False, tls_ca=server.tls_ca
+        )
+        # Probes of a server that failed get a short deadline of their own: a server that accepts
+        # but never answers must not hold the game for the whole --timeout.
+        probe_timeout = min(config.request_timeout, PROBE_TIMEOUT_SECONDS)
+        probe_client = InferenceClient(
+            server.host, server.port, server.model, timeout=probe_timeout, connect=False, tls_ca=server.tls_ca
+        )
+        try:
+            client.connect()
+            down = None
+        except InferenceError as e:  # play starts locally and moves to the server when it answers
+            down = e  # (a refused key is a UserError, not an InferenceError: it ends the command)
+        notice = FallbackNotice()  # one console line for all the games
+        policies = [
+            FallbackPolicy(
+                RemotePolicy(client), local, primary_down=down, probe=RemotePolicy(probe_client), notice=notice
+            )
+            for _ in range(server.games)
+        ]
+    try:
+        where = f"the config of model '{server.model}' on {client.address}"
+        config.env_id = remote_game(config.env_id, client.env_id, where, server.fallback_modelpath)
+        return exit_code(play_games(policies, config, announcer(config.json)))
+    finally:
+        for policy in policies:
+            policy.close()
+
+
+def standalone_main(argv: Sequence[str] | None = None) -> int:
+    args = standalone_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    config = play_config(args)  # env_id: set below, once the model's own game is known
+    modelpath = from_args(StandaloneOptions, args).modelpath
+    from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, choose_game, recorded_env_id
+    from atari_trtis_demo.play.game import play
+    from atari_trtis_demo.play.policies import LocalChainerPolicy
+
+    policy = LocalChainerPolicy(modelpath)
+    try:
+        where = os.path.join(modelpath, AGENT_STATE_FILE)
+        config.env_id = choose_game(config.env_id, recorded_env_id(modelpath), where)
+        return exit_code(play(policy, config, announcer(config.json)))
+    finally:
+        policy.close()

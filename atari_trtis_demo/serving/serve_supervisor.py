@@ -1,0 +1,92 @@
+"""Keep a ``serve``d Triton running: restart it on the same ports when it dies, give up after repeated crashes.
+
+One Triton answers every player, so its death (a crash a client provoked, ``kill -9``,
+the OOM killer) must not end the service: :func:`supervise` notices it within 0.2 s,
+logs the cause (the signal's name or the exit code, and Triton's last error lines),
+removes the dead server's shared-memory regions and starts a new one after a short
+backoff (0.5, 1, 2, 4 s). Five crashes within five minutes mean something is wrong
+that restarting will not fix: it stops with one ``error:`` line and exit code 1.
+
+No Chainer here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+
+from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.serving.triton_process import StartCancelled, TritonServer, describe_exit
+from atari_trtis_demo.serving.triton_workdir import triton_errors
+
+MAX_CRASHES = 5
+CRASH_WINDOW_S = 300.0
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # before the 1st, 2nd, 3rd, 4th+ restart within the window
+SHM_RESCAN_S = 5.0  # a stub restarted by Triton gets a new region: noted within this
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _sleep(seconds: float, stopping: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopping() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def supervise(
+    server: TritonServer,
+    *,
+    stopping: Callable[[], bool],
+    ready_timeout: float = 120.0,
+    max_crashes: int = MAX_CRASHES,
+    window: float = CRASH_WINDOW_S,
+    say: Callable[[str], None] = _say,
+) -> int:
+    """Watch ``server`` until ``stopping()``: 0; or until ``max_crashes`` within ``window`` s: 1, told in one line."""
+    crashes: deque[float] = deque()
+    next_scan = time.monotonic() + SHM_RESCAN_S
+    while not stopping():
+        if server.process.poll() is None:
+            if time.monotonic() >= next_scan:
+                server.note_shm_regions()
+                next_scan = time.monotonic() + SHM_RESCAN_S
+            time.sleep(0.2)
+            continue
+        cause = describe_exit(server.process.returncode)
+        detail = triton_errors(server.log_path)
+        now = time.monotonic()
+        crashes.append(now)
+        while crashes and crashes[0] < now - window:
+            crashes.popleft()
+        if len(crashes) >= max_crashes:
+            kept = server.keep_log()
+            print(
+                f"error: tritonserver died {len(crashes)} times within {window / 60:g} minutes, last it {cause}"
+                f"{': ' + detail if detail else ''}; not restarting it (Triton's log: {kept})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+        delay = BACKOFF_S[min(len(crashes), len(BACKOFF_S)) - 1]
+        say(
+            f"tritonserver {cause}{': ' + detail if detail else ''}; restarting it on the same ports in {delay:g} s "
+            f"(death {len(crashes)} of {max_crashes} allowed within {window / 60:g} minutes)"
+        )
+        _sleep(delay, stopping)
+        if stopping():
+            break
+        started = time.monotonic()
+        try:
+            server.restart(ready_timeout, cancelled=stopping)
+        except StartCancelled:
+            break
+        except UserError as e:
+            say(f"restart failed: {e}")  # the dead process counts as the next death
+            continue
+        say(f"tritonserver restarted: ready again after {time.monotonic() - started:.1f} s")
+        next_scan = time.monotonic() + SHM_RESCAN_S
+    return 0
