@@ -154,3 +154,24 @@ def stock_chainerrl_dqn(n_actions: int, epsilon: float = 0.1):
     optimizer.setup(q_function)
     explorer = explorers.ConstantEpsilonGreedy(epsilon, lambda: 0)
     return agents.DQN(q_function, optimizer, replay_buffer.ReplayBuffer(100), 0.99, explorer, replay_start_size=32)
+
+
+def shm_regions() -> set[str]:
+    """The python backend's regions in /dev/shm right now (every server's on this machine)."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith("triton_python_backend_shm_region_")}
+
+
+def leftover_shm_regions(before: set[str]) -> set[str]:
+    """Regions made since ``before`` that no live process maps any more: what a dead server left behind.
+
+    Regions of servers still running (other tests', other users') are mapped by their stubs, so
+    the check holds on a machine where other servers come and go.
+    """
+    mapped = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                mapped.update(line.rsplit("/dev/shm/", 1)[1].split()[0] for line in maps if "/dev/shm/triton_" in line)
+        except OSError:
+            continue
+    return {name for name in shm_regions() - before if name not in mapped}

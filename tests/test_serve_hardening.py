@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
-from helpers import SERVE, free_ports, one_error_line, run_command, start_command
+from helpers import SERVE, free_ports, leftover_shm_regions, one_error_line, run_command, shm_regions, start_command
 from tritonclient.utils import InferenceServerException
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
@@ -398,6 +398,7 @@ def test_sigterm_stops_a_wedged_server_in_under_5_s_leaving_nothing(repository: 
 
 def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, capsys: pytest.CaptureFixture) -> None:
     """With a limit of 2 to keep it short: the second death is not restarted, exit code 1."""
+    regions_before = shm_regions()
     http, grpc_port, metrics = free_ports(3)
     server = start_server(repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
     said: list[str] = []
@@ -421,4 +422,5 @@ def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, cap
     finally:
         server.stop()
     assert not server.workdir.exists()
+    assert not leftover_shm_regions(regions_before), "every dead server's /dev/shm regions are removed"
     Path(errors[0].rsplit("Triton's log: ", 1)[1].rstrip(")")).unlink()  # the copy kept for the owner

@@ -21,9 +21,11 @@ from helpers import (
     SERVED,
     assert_runs_without_chainer,
     free_ports,
+    leftover_shm_regions,
     one_error_line,
     run_command,
     serving_on_free_ports,
+    shm_regions,
     start_command,
 )
 from tritonclient.utils import InferenceServerException
@@ -41,6 +43,7 @@ from atari_trtis_demo.play.inference_client import (
 )
 from atari_trtis_demo.serving.serve import processes_using, read_repository
 from atari_trtis_demo.serving.triton_twin import TWIN_BATCH_FACTOR
+from atari_trtis_demo.serving.triton_workdir import SHM_DIR, shm_regions_of
 
 
 def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
@@ -432,6 +435,7 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
     from atari_trtis_demo.serving import serve
 
     monkeypatch.setattr(serve, "check_ports", lambda address, ports: None)
+    regions_before = shm_regions()
     http, grpc_port, metrics = free_ports(3)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", grpc_port))
@@ -443,11 +447,14 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
     log = Path(message.rsplit("Triton's log: ", 1)[1].rstrip(")"))
     assert log.is_file() and f"127.0.0.1:{grpc_port}" in log.read_text()
     log.unlink()
+    assert not leftover_shm_regions(regions_before), "the failed start's stubs left no /dev/shm region"
 
 
 def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repository: Path) -> None:
     proc, grpc_port, _, workdir = start_serve(repository)
     assert len(processes_using(workdir)) >= 2, "tritonserver and its backend stub run"
+    regions = shm_regions_of(Path(workdir))
+    assert regions, "each backend stub has its /dev/shm region"
     proc.kill()
     proc.wait(10)
     deadline = time.monotonic() + 15
@@ -462,3 +469,4 @@ def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repos
     assert result.returncode == 2 and Path(workdir).is_dir(), "a bad flag stops before touching anything"
     with serving_on_free_ports(repository):
         assert not Path(workdir).exists(), "the next start removed what the killed one left"
+        assert not any((SHM_DIR / name).exists() for name in regions), "and its stubs' /dev/shm regions"

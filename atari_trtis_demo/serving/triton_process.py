@@ -43,6 +43,7 @@ from atari_trtis_demo.serving.triton_workdir import (
     LogPump,
     claim_workdir,
     processes_using,
+    record_shm_regions,
     remove_shm_regions,
     shm_regions_of,
     triton_errors,
@@ -113,13 +114,17 @@ class TritonServer:
 
     def note_shm_regions(self) -> None:
         """Remember the python backend's regions of this server while its stubs run, to remove them if it dies."""
-        self.shm_regions |= shm_regions_of(self.workdir)
+        found = shm_regions_of(self.workdir)
+        if not found <= self.shm_regions:
+            self.shm_regions |= found
+            record_shm_regions(self.workdir, self.shm_regions)
 
     def _end_process(self, grace: float) -> None:
         """SIGTERM, then after ``grace`` s SIGKILL to Triton's whole process group (its backend stubs too).
 
         SIGKILL also ends a stopped (SIGSTOP) or wedged Triton, which ignores SIGTERM.
         """
+        self.note_shm_regions()  # stubs of a start that never got ready were not noted yet
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -241,6 +246,9 @@ def wait_until_ready(server: TritonServer, timeout: float, cancelled: Callable[[
                     return
             except (grpc.RpcError, OSError):
                 pass
+            # Each stub's region, as soon as it exists: a start that fails (a taken port, a kill)
+            # after the models loaded must not leave them in /dev/shm.
+            server.note_shm_regions()
             time.sleep(0.2)
         tls = " over TLS (does --tls-cert name this address?)" if server.tls_cert else ""
         raise UserError(f"tritonserver did not get ready within {timeout:.0f} s{tls}: {triton_errors(server.log_path)}")

@@ -25,6 +25,9 @@ from pathlib import Path
 WORKDIR_PREFIX = "atari-triton-"
 OWNER_FILE = "owner.json"  # in the workdir: the pid of the process that started Triton
 LOG_FILE = "tritonserver.log"  # in the workdir: Triton's stdout and stderr
+# In the workdir: the names of its backend stubs' /dev/shm regions, so that the next start
+# removes them when ``serve`` itself was killed (SIGKILL leaves it no chance to clean up).
+SHM_REGIONS_FILE = "shm-regions"
 LOG_LIMIT = 8 * 2**20  # bytes per log part; the part before is kept as tritonserver.log.1
 SHM_DIR = Path("/dev/shm")
 SHM_REGION = re.compile(r"^triton_python_backend_shm_region_[A-Za-z0-9_.-]+$")
@@ -79,6 +82,8 @@ def clean_stale_workdirs(tmpdir: str | None = None) -> list[Path]:
         for pid in processes_using(str(workdir)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            remove_shm_regions(set((workdir / SHM_REGIONS_FILE).read_text().split()))
         shutil.rmtree(workdir, ignore_errors=True)
         removed.append(workdir)
     return removed
@@ -164,6 +169,12 @@ def shm_regions_of(workdir: Path) -> set[str]:
             continue
         regions.update(arg for arg in args if SHM_REGION.match(arg))
     return regions
+
+
+def record_shm_regions(workdir: Path, names: set[str]) -> None:
+    """Write ``names`` into ``workdir`` for :func:`clean_stale_workdirs`, should ``serve`` be killed."""
+    with contextlib.suppress(OSError):
+        (workdir / SHM_REGIONS_FILE).write_text("".join(f"{name}\n" for name in sorted(names)))
 
 
 def remove_shm_regions(names: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
