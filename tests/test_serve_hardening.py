@@ -25,7 +25,16 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
-from helpers import SERVE, free_ports, leftover_shm_regions, one_error_line, run_command, shm_regions, start_command
+from helpers import (
+    REMOTE,
+    SERVE,
+    free_ports,
+    leftover_shm_regions,
+    one_error_line,
+    run_command,
+    shm_regions,
+    start_command,
+)
 from tritonclient.utils import InferenceServerException
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
@@ -325,6 +334,30 @@ def test_kill_9_of_tritonserver_is_healed_on_the_same_port_and_its_shm_removed(s
     text = stderr.read_text()
     assert "tritonserver was killed by SIGKILL; restarting it on the same ports" in text, text
     print(f"answers again {back:.1f} s after kill -9")
+
+
+def test_a_sync_player_rides_through_a_crash_and_restart(served, tmp_path: Path) -> None:
+    """Issue 15 item 6 end to end: Triton killed under a sync player; serve restarts it, the game goes on."""
+    proc, grpc_port, _, workdir, stderr = served
+    stats = tmp_path / "stats.json"
+    player = start_command(
+        REMOTE, "--host", "127.0.0.1", "--port", str(grpc_port), "--sync", "--headless", "--max-steps", "150",
+        "--json", str(stats), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        time.sleep(3)  # a few seconds of play at 15 steps/s
+        assert player.poll() is None, player.communicate()
+        os.kill(tritonserver_pid(workdir), signal.SIGKILL)
+        out, err = player.communicate(timeout=90)
+    finally:
+        if player.poll() is None:
+            player.kill()
+    assert player.returncode == 0, (out[-2000:], err[-2000:])
+    figures = json.loads(stats.read_text())
+    assert figures["steps"] == 150 and figures["error"] is None, figures
+    assert figures["outage"]["outages"] >= 1 and figures["outage"]["seconds_without_server"] > 0, figures["outage"]
+    assert "the server answers again" in out, out[-2000:]
+    assert proc.poll() is None, "serve lives on"
 
 
 def gzip_bomb(expanded: int = 2**31, piece: int = 2**20) -> bytes:

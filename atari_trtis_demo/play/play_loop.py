@@ -242,7 +242,12 @@ class PlayLoop:
         r.games = self.games
         r.steps = sum(e.steps for e in r.episodes)
         r.requests = sum(g.requests for g in self.games)
-        r.latency = LatencyStats.merged([g.policy.latency for g in self.games]).summary()
+        # Round trips as of now, once: an async answer may still land after play ended, and the
+        # games' figures must add up to the whole's (games sharing a policy's stats count them once).
+        frozen = {id(g.policy.latency): LatencyStats.merged([g.policy.latency]) for g in self.games}
+        for g in self.games:
+            g.latency = frozen[id(g.policy.latency)].summary()
+        r.latency = LatencyStats.merged(list(frozen.values())).summary()
         r.fallback_switches = max(g.policy.fallback_switches for g in self.games)
         return r
 

@@ -109,6 +109,7 @@ class Game:
     episodes: list[EpisodeStats] = field(default_factory=list)
     finished_scores: list[float] = field(default_factory=list)  # episodes played to their end (or the cap)
     staleness: list[int] = field(default_factory=list)
+    latency: dict[str, float] | None = None  # round trips, frozen when play ends (else live)
     action: int = 0  # async: the last answered action (NOOP until the first)
     pending: concurrent.futures.Future | None = None
     asked_at: int = 0  # the step of the frames behind the request in flight
@@ -158,7 +159,7 @@ class Game:
             "seconds": self.seconds,
             "steps_per_second": steps / self.seconds if self.seconds > 0 else 0.0,
             "requests": self.requests,
-            "latency_ms": self.policy.latency.summary(),
+            "latency_ms": self.policy.latency.summary() if self.latency is None else self.latency,
             "staleness_steps": staleness_summary(self.staleness),
         }
 
