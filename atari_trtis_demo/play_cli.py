@@ -116,6 +116,13 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
         "--games", type=int_in(1, 1024), default=1, help="play N games at once, a grid in the window (many_games.py)"
     )
     p.add_argument(
+        "--workers",
+        type=int_in(1, 64),
+        default=1,
+        help="spread the --games over K processes, each with its own connection (more cores; needs --headless)",
+        metavar="K",
+    )
+    p.add_argument(
         "--reconnect",
         type=float_in(0, 86400),
         default=30.0,
@@ -129,6 +136,10 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if args.env:
         check_env_id(args.env)  # a typo is refused before connecting
+    if args.workers > 1:
+        from atari_trtis_demo.play_workers import check_worker_flags
+
+        check_worker_flags(args.workers, args.games, args.headless, args.record, args.fallback_modelpath)
     config = play_config(args)  # env_id: set below, once the model's own game is known
     config.reconnect, config.request_timeout = args.reconnect, args.timeout
     from atari_trtis_demo.game_id import remote_game
@@ -173,6 +184,11 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     try:
         where = f"the config of model '{args.model}' on {client.address}"
         config.env_id = remote_game(args.env, client.env_id, where, args.fallback_modelpath)
+        if args.workers > 1:  # this process checked the server and the game; the workers play
+            from atari_trtis_demo.play_workers import ServerSpec, play_in_workers
+
+            spec = ServerSpec(args.host, args.port, args.model, args.timeout, args.tls_ca)
+            return exit_code(play_in_workers(spec, config, args.games, args.workers, announcer(args.json)))
         return exit_code(play_games(policies, config, announcer(args.json)))
     finally:
         for policy in policies:

@@ -46,6 +46,7 @@ class PlayConfig:
     reconnect: float = RECONNECT_SECONDS  # 0: the first failed request ends play
     request_timeout: float | None = None  # a remote policy's per-request deadline: an answer older is lost
     game_over_seconds: float | None = None  # None: GAME_OVER_SECONDS where a key can come, else 0
+    first_game: int = 0  # the index of the first game played here (a worker's share: play_workers)
 
     @property
     def episode_cap(self) -> int:
