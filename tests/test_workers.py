@@ -18,7 +18,8 @@ from atari_trtis_demo.serve import serving
 from atari_trtis_demo.triton_stats import delta, metrics_url, read_metrics, wait_for_metrics
 
 PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
-             "staleness_steps", "fallback_switches", "error", "stopped_by_user", "outage", "games", "evaluation"}  # fmt: skip
+             "staleness_steps", "fallback_switches", "error", "stopped_by_user", "outage", "games",
+             "evaluation"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
