@@ -86,7 +86,7 @@ class WorkerReport:
     stopped_by_user: bool
     policy: str
     mode: str
-    cpu_seconds: float = 0.0  # this worker's user + system CPU over its whole life
+    cpu_seconds: float = 0.0  # this worker's user + system CPU while playing (from the start to its report)
 
 
 def shares(games: int, workers: int) -> list[range]:
@@ -160,9 +160,10 @@ def worker_main(
             loop = PlayLoop(policies, mine)
             conn.send(("ready",))
             start.wait()
+            cpu = _cpu_seconds()
             loop.play()
             result = loop.summarise()
-            conn.send(("report", _report(result, loop)))
+            conn.send(("report", _report(result, _cpu_seconds() - cpu)))
         finally:
             if loop is not None:
                 loop.screen.finish()
@@ -180,7 +181,7 @@ def worker_main(
         conn.close()
 
 
-def _report(result: PlayResult, loop: Any) -> WorkerReport:
+def _report(result: PlayResult, cpu_seconds: float) -> WorkerReport:
     games = [GameRecord(g.to_json(), list(g.finished_scores)) for g in result.games]
     round_trips: list[float] = []
     for g in result.games:
@@ -199,7 +200,7 @@ def _report(result: PlayResult, loop: Any) -> WorkerReport:
         stopped_by_user=result.stopped_by_user,
         policy=result.policy,
         mode=result.mode,
-        cpu_seconds=_cpu_seconds(),
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -261,6 +262,7 @@ def play_in_workers(
     os.environ["ATARI_WORKERS_PARENT"] = str(os.getpid())
     reports: list[WorkerReport] = []
     stopped = False
+    parent_cpu = 0.0
     try:
         # Started with SIGINT ignored: a worker still importing ignores Ctrl-C (the parent stops it),
         # and sets its own handler once it runs (worker_main).
@@ -280,7 +282,9 @@ def play_in_workers(
         try:
             _gather(conns, procs, "ready", time.monotonic() + READY_SECONDS)
             start.set()
+            parent_cpu = -_cpu_seconds()
             reports = _gather(conns, procs, "report", None)
+            parent_cpu += _cpu_seconds()
         except (KeyboardInterrupt, _Stop):
             stopped = True
             for proc in procs:
@@ -308,6 +312,14 @@ def play_in_workers(
     result.stopped_by_user = result.stopped_by_user or stopped
     if announce is not None:
         announce(result)
+    if reports:
+        # Where the client's CPU went while playing (imports and env set-up before the start left out).
+        worker_cpu = sum(r.cpu_seconds for r in reports)
+        print(
+            f"  {len(procs)} worker processes: client CPU in play {worker_cpu + parent_cpu:.2f} s "
+            f"(workers {worker_cpu:.2f} s, this process {parent_cpu:.2f} s)",
+            flush=True,
+        )
     return result
 
 

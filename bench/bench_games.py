@@ -9,7 +9,14 @@ p99 under one agent step (66.7 ms). Sides, all in this one run:
 
 - ``src/app.py --games N`` (one process, N games) against each config variant of the
   same model: dynamic batching with several queue delays, and no dynamic batching;
-- today's way: N separate ``src/app.py --headless --sync`` processes (``--separate``).
+- ``src/app.py --games N --workers K`` (the N games spread over K worker processes,
+  ``--workers``), against the first variant;
+- N separate ``src/app.py --headless --sync`` processes (``--separate``).
+
+Client and server CPU are also given per game step (ms). A worker run's client CPU
+in play is its own report line (the workers' imports and env set-up left out); the
+other sides' is everything after the start line less the env set-up, measured here
+per game (``make_env`` and a reset), so that the figures compare.
 
 Every client process imports everything first and starts playing at one common
 moment (``BARRIER``), so start-up costs count for neither side.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,34 +106,59 @@ def server_cpu_seconds(server: TritonServer) -> float:
     return total
 
 
-def run_clients(commands: list[list[str]], start_at: float) -> float:
-    """Run the commands at once to their end; the CPU seconds they used from ``start_at`` on."""
+def run_clients(commands: list[list[str]], start_at: float) -> tuple[float, str]:
+    """Run the commands at once to their end; the CPU seconds they (and their workers) used from ``start_at``
+    on, and the first command's output."""
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy"}
     procs = [
-        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT) for c in commands
-    ]
+        subprocess.Popen(c, stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                         cwd=ROOT)
+        for i, c in enumerate(commands)
+    ]  # fmt: skip
+    stdout = ""
     time.sleep(max(0.0, start_at - time.time() - 0.05))
     cpu = -sum(cpu_seconds(proc.pid) for proc in procs)  # the imports before the start line do not count
-    for proc in procs:
+    for i, proc in enumerate(procs):
+        if i == 0:
+            stdout = proc.stdout.read().decode()  # a short report: read before the wait, as it ends
+        # wait4's usage includes the children the command waited for (its worker processes).
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         cpu += usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             raise SystemExit(f"{commands[0]}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-    return cpu
+    return cpu, stdout
 
 
-def side(server: TritonServer, model: str, n: int, steps: int, separate: bool, tmp: Path) -> dict:
+def setup_cpu_per_game(env_id: str = "BreakoutNoFrameskip-v4", games: int = 8) -> float:
+    """CPU seconds one game costs before its first step (make_env and a seeded reset): not play."""
+    from atari_trtis_demo.envs import make_env
+
+    make_env(env_id, train=False, seed=0).reset(seed=0)  # the first one pays the imports and the ROM load
+    t0 = time.process_time()
+    for i in range(games):
+        env = make_env(env_id, train=False, seed=i)
+        env.reset(seed=i)
+        env.close()
+    return (time.process_time() - t0) / games
+
+
+WORKERS_LINE = re.compile(r"worker processes: client CPU in play ([0-9.]+) s")
+
+
+def side(
+    server: TritonServer, model: str, n: int, steps: int, separate: bool, tmp: Path, workers: int = 1, setup: float = 0
+) -> dict:
     start_at = time.time() + 2.0 + 0.3 * (n if separate else 1)
     base = [sys.executable, "-c", BARRIER, str(start_at), "--host", "127.0.0.1", "--port", str(server.grpc_port)]
     base += ["--model", model, "--headless", "--sync", "--max-steps", str(steps)]
     if separate:
         commands = [[*base, "--seed", str(i), "--json", str(tmp / f"p{i}.json")] for i in range(n)]
     else:
-        commands = [[*base, "--games", str(n), "--json", str(tmp / "games.json")]]
+        commands = [[*base, "--games", str(n), "--workers", str(workers), "--json", str(tmp / "games.json")]]
     url = metrics_url(server.address, server.metrics_port)
     before, server_cpu = read_metrics(url, model), server_cpu_seconds(server)  # idle until start_at
-    client_cpu = run_clients(commands, start_at)
+    client_cpu, stdout = run_clients(commands, start_at)
     wall = time.time() - start_at
     server_cpu = server_cpu_seconds(server) - server_cpu
     breakdown = ServerBreakdown.of(delta(before, read_metrics(url, model)))
@@ -134,6 +167,9 @@ def side(server: TritonServer, model: str, n: int, steps: int, separate: bool, t
     else:
         games = json.loads((tmp / "games.json").read_text())["games"]
     rates = [g["steps_per_second"] for g in games]
+    total_steps = sum(g["steps"] for g in games)
+    found = WORKERS_LINE.search(stdout)
+    play_cpu = float(found.group(1)) if workers > 1 and found else client_cpu - n * setup
     p99s = [g["latency_ms"]["p99_ms"] for g in games]
     means = [g["latency_ms"]["mean_ms"] for g in games]
     return {
@@ -143,6 +179,8 @@ def side(server: TritonServer, model: str, n: int, steps: int, separate: bool, t
         "client_mean_ms": float(np.mean(means)),
         "client_cpu": client_cpu,
         "server_cpu": server_cpu,
+        "client_ms_per_step": 1e3 * play_cpu / max(total_steps, 1),
+        "server_ms_per_step": 1e3 * server_cpu / max(total_steps, 1),
         "wall": wall,
         "breakdown": breakdown,
     }
@@ -154,9 +192,30 @@ def show(name: str, r: dict, held: bool) -> None:
         f"  {name:11s} N={r['n']:3d}  {'holds' if held else 'FAILS'}  slowest game {r['min_rate']:5.2f} steps/s  "
         f"worst p99 {r['max_p99']:6.1f} ms  client rtt mean {r['client_mean_ms']:5.2f} ms  "
         f"cpu s: client {r['client_cpu']:5.1f} server {r['server_cpu']:5.1f} in {r['wall']:5.1f} s wall\n"
+        f"              cpu per game step: client {r['client_ms_per_step']:.2f} ms (in play), "
+        f"server {r['server_ms_per_step']:.2f} ms\n"
         f"              {b.line()}",
         flush=True,
     )
+
+
+def compare(results: dict[str, dict[int, dict]], today: str) -> None:
+    """Each side against today's path (one process, the first variant) at the same N: ratios, side by side."""
+    base = results.get(today, {})
+    lines = []
+    for name, by_n in results.items():
+        if name == today:
+            continue
+        for n, r in by_n.items():
+            if n in base:
+                b = base[n]
+                lines.append(
+                    f"  N={n:3d} {name:11s}/ one process: slowest game {r['min_rate'] / b['min_rate']:.2f}x, "
+                    f"client cpu per step {r['client_ms_per_step'] / b['client_ms_per_step']:.2f}x, "
+                    f"server cpu per step {r['server_ms_per_step'] / max(b['server_ms_per_step'], 1e-9):.2f}x"
+                )
+    if lines:
+        print(f"\nside by side at the same N, against one process ({today}):", *lines, sep="\n")
 
 
 def batch_one(server: TritonServer, model: str, requests: int) -> None:
@@ -183,6 +242,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="agent steps per game (150: 10 s at 15/s)")
     parser.add_argument("--games", default="16,32,48,64,80,96,128", help="N to try, ascending, per side")
     parser.add_argument("--separate", default="16,24,32", help="N to try with separate processes ('' for none)")
+    parser.add_argument("--workers", default="2", help="K worker processes to try, comma-separated ('' for none)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--min-rate", type=float, default=14.7, help="steps/s every game must keep")
@@ -198,18 +258,27 @@ def main() -> None:
                 batch_one(server, model, 500)
             print(f"\nreal time: every game >= {args.min_rate} steps/s and its p99 < {STEP_MS:.1f} ms; "
                   f"{args.steps} steps per game, --sync, max_batch_size {args.max_batch_size}")  # fmt: skip
+            setup = setup_cpu_per_game()
+            print(f"env set-up (make_env + reset), not counted as play: {1e3 * setup:.1f} ms of CPU per game")
             largest: dict[str, int] = {}
-            sides = [(v, False) for v in variants] + [(variants[0], True)] * bool(args.separate)
-            for model, separate in sides:
-                name = "separate" if separate else model
-                largest[name] = 0
+            results: dict[str, dict[int, dict]] = {}
+            ks = [int(k) for k in args.workers.split(",") if k]
+            sides = [(v, False, 1) for v in variants] + [(variants[0], False, k) for k in ks]
+            sides += [(variants[0], True, 1)] * bool(args.separate)
+            for model, separate, k in sides:
+                name = "separate" if separate else model if k == 1 else f"{k} workers"
+                largest[name], results[name] = 0, {}
                 for n in map(int, (args.separate if separate else args.games).split(",")):
-                    r = side(server, model, n, args.steps, separate, tmp)
+                    if n < k:
+                        continue
+                    r = side(server, model, n, args.steps, separate, tmp, workers=k, setup=setup)
                     held = r["min_rate"] >= args.min_rate and r["max_p99"] < STEP_MS
                     show(name, r, held)
+                    results[name][n] = r
                     if not held:
                         break
                     largest[name] = n
+            compare(results, variants[0])
     print("\nlargest N that holds real time:")
     for name, n in largest.items():
         print(f"  {name:11s} {n}")

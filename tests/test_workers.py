@@ -87,8 +87,9 @@ def test_two_workers_play_the_same_games_as_one_process(workers_server, tmp_path
     assert two["evaluation"] == one["evaluation"] and two["episodes"] == one["episodes"]
     assert two["latency_ms"]["count"] == two["requests"] == sum(g["requests"] for g in two["games"])
     assert not two["error"] and not two["stopped_by_user"] and two["mode"] == one["mode"] == "sync"
-    # The report: the same lines, with only the measured figures differing.
-    assert len(two_text.splitlines()) == len(one_text.splitlines())
+    # The report: the same lines, with only the measured figures differing, and where the client's CPU went.
+    assert len(two_text.splitlines()) == len(one_text.splitlines()) + 1
+    assert "2 worker processes: client CPU in play" in two_text.splitlines()[-1]
     for line in ("sync play of 5 games", "game 5: scores", "n_episodes: 5 mean:"):
         assert line in one_text and line in two_text
     ev = one["evaluation"]
