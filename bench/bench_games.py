@@ -13,10 +13,9 @@ p99 under one agent step (66.7 ms). Sides, all in this one run:
   ``--workers``), against the first variant;
 - N separate ``src/app.py --headless --sync`` processes (``--separate``).
 
-Client and server CPU are also given per game step (ms). A worker run's client CPU
-in play is its own report line (the workers' imports and env set-up left out); the
-other sides' is everything after the start line less the env set-up, measured here
-per game (``make_env`` and a reset), so that the figures compare.
+Client and server CPU are also given per game step (ms). The client's is its CPU in
+play, imports and env set-up left out: what each process spent in its play loop (the
+start line prints it), or, with workers, their report line (workers and parent).
 
 Every client process imports everything first and starts playing at one common
 moment (``BARRIER``), so start-up costs count for neither side.
@@ -53,10 +52,22 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP_MS = 1000 / 15
 # src/app.py behind a start line: every client process has imported everything (1-2 s of CPU
 # each) before any plays, so that N processes starting do not count against the real time.
-BARRIER = """import sys, time
+# It also prints the CPU the process spent inside the play loop (PlayLoop.play): the client's cost of
+# play, without imports and env set-up. Worker processes (--workers) print their own in their report line.
+BARRIER = """import os, sys, time
 import ale_py, gymnasium, grpc, pygame
-import atari_trtis_demo.game, atari_trtis_demo.many_games, atari_trtis_demo.policies
+import atari_trtis_demo.game, atari_trtis_demo.many_games, atari_trtis_demo.policies, atari_trtis_demo.play_loop as pl
 from atari_trtis_demo.play_cli import remote_main
+def cpu():
+    t = os.times()
+    return t.user + t.system
+def measured(self, play=pl.PlayLoop.play):
+    start = cpu()
+    try:
+        play(self)
+    finally:
+        print(f"bench: client CPU in play {cpu() - start:.3f} s", flush=True)
+pl.PlayLoop.play = measured
 time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
 sys.exit(remote_main(sys.argv[2:]))
 """
@@ -106,49 +117,37 @@ def server_cpu_seconds(server: TritonServer) -> float:
     return total
 
 
-def run_clients(commands: list[list[str]], start_at: float) -> tuple[float, str]:
+def run_clients(commands: list[list[str]], start_at: float, tmp: Path) -> tuple[float, str]:
     """Run the commands at once to their end; the CPU seconds they (and their workers) used from ``start_at``
-    on, and the first command's output."""
+    on, and their outputs, one after the other."""
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy"}
+    outs = [(tmp / f"out{i}.txt").open("w+") for i in range(len(commands))]
     procs = [
-        subprocess.Popen(c, stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                         cwd=ROOT)
-        for i, c in enumerate(commands)
-    ]  # fmt: skip
-    stdout = ""
+        subprocess.Popen(c, stdout=out, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        for c, out in zip(commands, outs, strict=True)
+    ]
     time.sleep(max(0.0, start_at - time.time() - 0.05))
     cpu = -sum(cpu_seconds(proc.pid) for proc in procs)  # the imports before the start line do not count
-    for i, proc in enumerate(procs):
-        if i == 0:
-            stdout = proc.stdout.read().decode()  # a short report: read before the wait, as it ends
+    for proc in procs:
         # wait4's usage includes the children the command waited for (its worker processes).
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         cpu += usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             raise SystemExit(f"{commands[0]}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+    stdout = ""
+    for out in outs:
+        out.seek(0)
+        stdout += out.read()
+        out.close()
     return cpu, stdout
 
 
-def setup_cpu_per_game(env_id: str = "BreakoutNoFrameskip-v4", games: int = 8) -> float:
-    """CPU seconds one game costs before its first step (make_env and a seeded reset): not play."""
-    from atari_trtis_demo.envs import make_env
-
-    make_env(env_id, train=False, seed=0).reset(seed=0)  # the first one pays the imports and the ROM load
-    t0 = time.process_time()
-    for i in range(games):
-        env = make_env(env_id, train=False, seed=i)
-        env.reset(seed=i)
-        env.close()
-    return (time.process_time() - t0) / games
-
-
 WORKERS_LINE = re.compile(r"worker processes: client CPU in play ([0-9.]+) s")
+PLAY_LINE = re.compile(r"^bench: client CPU in play ([0-9.]+) s", re.MULTILINE)
 
 
-def side(
-    server: TritonServer, model: str, n: int, steps: int, separate: bool, tmp: Path, workers: int = 1, setup: float = 0
-) -> dict:
+def side(server: TritonServer, model: str, n: int, steps: int, separate: bool, tmp: Path, workers: int = 1) -> dict:
     start_at = time.time() + 2.0 + 0.3 * (n if separate else 1)
     base = [sys.executable, "-c", BARRIER, str(start_at), "--host", "127.0.0.1", "--port", str(server.grpc_port)]
     base += ["--model", model, "--headless", "--sync", "--max-steps", str(steps)]
@@ -158,7 +157,7 @@ def side(
         commands = [[*base, "--games", str(n), "--workers", str(workers), "--json", str(tmp / "games.json")]]
     url = metrics_url(server.address, server.metrics_port)
     before, server_cpu = read_metrics(url, model), server_cpu_seconds(server)  # idle until start_at
-    client_cpu, stdout = run_clients(commands, start_at)
+    client_cpu, stdout = run_clients(commands, start_at, tmp)
     wall = time.time() - start_at
     server_cpu = server_cpu_seconds(server) - server_cpu
     breakdown = ServerBreakdown.of(delta(before, read_metrics(url, model)))
@@ -169,7 +168,7 @@ def side(
     rates = [g["steps_per_second"] for g in games]
     total_steps = sum(g["steps"] for g in games)
     found = WORKERS_LINE.search(stdout)
-    play_cpu = float(found.group(1)) if workers > 1 and found else client_cpu - n * setup
+    play_cpu = float(found.group(1)) if workers > 1 and found else sum(map(float, PLAY_LINE.findall(stdout)))
     p99s = [g["latency_ms"]["p99_ms"] for g in games]
     means = [g["latency_ms"]["mean_ms"] for g in games]
     return {
@@ -258,8 +257,6 @@ def main() -> None:
                 batch_one(server, model, 500)
             print(f"\nreal time: every game >= {args.min_rate} steps/s and its p99 < {STEP_MS:.1f} ms; "
                   f"{args.steps} steps per game, --sync, max_batch_size {args.max_batch_size}")  # fmt: skip
-            setup = setup_cpu_per_game()
-            print(f"env set-up (make_env + reset), not counted as play: {1e3 * setup:.1f} ms of CPU per game")
             largest: dict[str, int] = {}
             results: dict[str, dict[int, dict]] = {}
             ks = [int(k) for k in args.workers.split(",") if k]
@@ -271,7 +268,7 @@ def main() -> None:
                 for n in map(int, (args.separate if separate else args.games).split(",")):
                     if n < k:
                         continue
-                    r = side(server, model, n, args.steps, separate, tmp, workers=k, setup=setup)
+                    r = side(server, model, n, args.steps, separate, tmp, workers=k)
                     held = r["min_rate"] >= args.min_rate and r["max_p99"] < STEP_MS
                     show(name, r, held)
                     results[name][n] = r
