@@ -208,7 +208,8 @@ class PlayLoop:
         tick = 0
         try:
             for g in self.games:
-                g.start_episode()
+                if g.obs is None:  # a worker resets its games before the common start (play_workers)
+                    g.start_episode()
             self.start = time.perf_counter()  # the first step starts the clock: N seeded resets are not play
             while playing := [g for g in self.games if not g.done]:
                 if self.screen.player_quit():

@@ -158,6 +158,8 @@ def worker_main(
             policies = [RemotePolicy(client) for _ in games]
             mine = dataclasses.replace(config, first_game=games.start, headless=True, screenshot=None, record=None)
             loop = PlayLoop(policies, mine)
+            for g in loop.games:  # the seeded resets (ale-py reloads the ROM: ~90 ms each) before the start
+                g.start_episode()
             conn.send(("ready",))
             start.wait()
             cpu = _cpu_seconds()

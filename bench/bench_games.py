@@ -52,8 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP_MS = 1000 / 15
 # src/app.py behind a start line: every client process has imported everything (1-2 s of CPU
 # each) before any plays, so that N processes starting do not count against the real time.
-# It also prints the CPU the process spent inside the play loop (PlayLoop.play): the client's cost of
-# play, without imports and env set-up. Worker processes (--workers) print their own in their report line.
+# It also prints the CPU the process spent inside the play loop (PlayLoop.play) after the games' first
+# resets: the client's cost of play, without imports and env set-up. Worker processes (--workers) print
+# their own in their report line.
 BARRIER = """import os, sys, time
 import ale_py, gymnasium, grpc, pygame
 import atari_trtis_demo.game, atari_trtis_demo.many_games, atari_trtis_demo.policies, atari_trtis_demo.play_loop as pl
@@ -62,6 +63,8 @@ def cpu():
     t = os.times()
     return t.user + t.system
 def measured(self, play=pl.PlayLoop.play):
+    for g in self.games:  # the seeded resets first (ale-py reloads the ROM), as a worker does: not play
+        g.start_episode()
     start = cpu()
     try:
         play(self)

@@ -91,6 +91,7 @@ class Stream:
         self.pending: dict[str, tuple[bytes, concurrent.futures.Future]] = {}
         self.lock = threading.Lock()
         self.cuts = self.resent = 0
+        self.closed = False
         self.open()
 
     def open(self) -> None:
@@ -115,7 +116,7 @@ class Stream:
             pass
         outbox.put(None)
         with self.lock:  # cut: every unanswered request goes again on a new stream
-            if self.outbox is not outbox:
+            if self.outbox is not outbox or self.closed:
                 return
             self.cuts += 1
             self.open()
@@ -131,6 +132,8 @@ class Stream:
         return future
 
     def close(self) -> None:
+        with self.lock:
+            self.closed = True
         self.outbox.put(None)
         self.call.cancel()
 
