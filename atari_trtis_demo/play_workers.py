@@ -284,6 +284,8 @@ def play_in_workers(
         try:
             _gather(conns, procs, "ready", time.monotonic() + READY_SECONDS)
             start.set()
+            # Starting K interpreters takes seconds: say when play begins.
+            print(f"{games} games in {workers} worker processes: playing", flush=True)
             parent_cpu = -_cpu_seconds()
             reports = _gather(conns, procs, "report", None)
             parent_cpu += _cpu_seconds()

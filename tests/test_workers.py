@@ -57,6 +57,17 @@ def workers_of(pid: int) -> list[int]:
     return [child for child, cmdline in children_of(pid).items() if "resource_tracker" not in cmdline]
 
 
+def wait_for_play(player: subprocess.Popen) -> str:
+    """The player's output up to its line saying the workers play (they are in play from then on)."""
+    assert player.stdout is not None
+    head = ""
+    while not head.endswith("4 games in 2 worker processes: playing\n"):
+        line = player.stdout.readline()
+        assert line, (head, player.communicate())
+        head += line
+    return head
+
+
 def test_shares_cover_every_game_once() -> None:
     assert shares(5, 2) == [range(0, 2), range(2, 5)]
     assert [g for s in shares(96, 7) for g in s] == list(range(96))
@@ -88,7 +99,8 @@ def test_two_workers_play_the_same_games_as_one_process(workers_server, tmp_path
     assert two["latency_ms"]["count"] == two["requests"] == sum(g["requests"] for g in two["games"])
     assert not two["error"] and not two["stopped_by_user"] and two["mode"] == one["mode"] == "sync"
     # The report: the same lines, with only the measured figures differing, and where the client's CPU went.
-    assert len(two_text.splitlines()) == len(one_text.splitlines()) + 1
+    assert len(two_text.splitlines()) == len(one_text.splitlines()) + 2
+    assert "5 games in 2 worker processes: playing" in two_text.splitlines()[:2]
     assert "2 worker processes: client CPU in play" in two_text.splitlines()[-1]
     for line in ("sync play of 5 games", "game 5: scores", "n_episodes: 5 mean:"):
         assert line in one_text and line in two_text
@@ -112,8 +124,8 @@ def test_workers_whose_server_dies_mid_play_end_in_one_line(repository: Path, tm
             "--workers", "2", "--headless", "--sync", "--reconnect", "0", "--json", str(tmp_path / "s.json"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        time.sleep(8)  # the workers import, connect and play a few hundred steps
-        assert player.poll() is None, player.communicate()
+        wait_for_play(player)
+        time.sleep(2)  # a few steps
     out, err = player.communicate(timeout=60)
     result = subprocess.CompletedProcess(player.args, player.returncode, out, err)
     one_error_line(result, "127.0.0.1", code=1)
@@ -151,15 +163,14 @@ def test_stopping_the_parent_leaves_no_worker_behind(workers_server, stop: int, 
         REMOTE, "--host", "127.0.0.1", "--port", str(workers_server.grpc_port), "--games", "4", "--workers", "2",
         "--headless", "--sync", "--json", str(stats), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while len(workers_of(player.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    head = wait_for_play(player)
     workers = workers_of(player.pid)
     assert len(workers) == 2, children_of(player.pid)
     helpers = list(children_of(player.pid))
-    time.sleep(6)  # into play (15 steps/s): the statistics have something to say
+    time.sleep(2)  # into play (15 steps/s): the statistics have something to say
     player.send_signal(stop)  # to the parent alone: it must stop its workers itself
-    out, err = player.communicate(timeout=30)
+    rest, err = player.communicate(timeout=30)
+    out = head + rest
     if stop != signal.SIGKILL:  # a killed parent reports nothing, but its workers die with it (PR_SET_PDEATHSIG)
         assert player.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
