@@ -287,13 +287,11 @@ def play_in_workers(
             # Starting K interpreters takes seconds: say when play begins.
             print(f"{games} games in {workers} worker processes: playing", flush=True)
             parent_cpu = -_cpu_seconds()
-            reports = _gather(conns, procs, "report", None)
+            reports = _gather(conns, procs, "report", None, on_failure=lambda: _interrupt(procs))
             parent_cpu += _cpu_seconds()
         except (KeyboardInterrupt, _Stop):
             stopped = True
-            for proc in procs:
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGINT)
+            _interrupt(procs)
             start.set()  # a worker waiting to start leaves its wait and reports nothing played
             reports = _gather(conns, procs, "report", time.monotonic() + STOP_GRACE_SECONDS, quiet=True)
     finally:
@@ -313,7 +311,8 @@ def play_in_workers(
         result = PlayResult(mode="sync" if config.sync else "async", policy=f"remote {spec.host}:{spec.port}")
     else:
         result = merge(reports)
-    result.stopped_by_user = result.stopped_by_user or stopped
+    # A failure in one worker stopped the others (as it ends every game in one process): not the user's doing.
+    result.stopped_by_user = stopped or (result.stopped_by_user and not result.error)
     if announce is not None:
         announce(result)
     if reports:
@@ -327,12 +326,28 @@ def play_in_workers(
     return result
 
 
+def _interrupt(procs: list[Any]) -> None:
+    """Ask every worker still running to stop playing and report (its play loop takes SIGINT as Ctrl-C)."""
+    for proc in procs:
+        if proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
 def _gather(
-    conns: dict[Any, int], procs: list[Any], kind: str, deadline: float | None, quiet: bool = False
+    conns: dict[Any, int],
+    procs: list[Any],
+    kind: str,
+    deadline: float | None,
+    quiet: bool = False,
+    on_failure: Callable[[], None] | None = None,
 ) -> list[Any]:
     """One ``kind`` message from every worker (their payloads); a worker's error is raised as the same kind.
 
     ``quiet``: stopping; errors, early exits and the deadline just end the gathering.
+    ``on_failure``: called once when a report says play failed (the other workers should stop too).
     """
     waiting = dict(conns)
     got: list[Any] = []
@@ -353,6 +368,9 @@ def _gather(
                 raise ServiceError(f"worker {w} ended (exit code {code}) before it reported its games") from None
             if message[0] == kind:
                 got.append(message[1] if len(message) > 1 else None)
+                if on_failure is not None and getattr(got[-1], "error", None):
+                    on_failure()
+                    on_failure = None
             elif message[0] == "stopped" or quiet:
                 continue
             elif message[0] == "error":

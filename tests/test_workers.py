@@ -6,12 +6,21 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command, start_command
 
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
+    GRPCInferenceServiceServicer,
+    add_GRPCInferenceServiceServicer_to_server,
+)
 from atari_trtis_demo.onnx_export import convert
 from atari_trtis_demo.play_workers import shares
 from atari_trtis_demo.serve import serving
@@ -188,3 +197,62 @@ def test_stopping_the_parent_leaves_no_worker_behind(workers_server, stop: int, 
     while any(Path(f"/proc/{pid}").exists() for pid in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()], "a helper process left behind"
+
+
+class OnePeerLies(GRPCInferenceServiceServicer):
+    """A 4-action model that answers every connection well, except the first to ask: NaN after 40 requests."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.liar: str | None = None
+        self.asked = 0
+
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=True)
+
+    def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=True)
+
+    def ModelMetadata(self, request, context):
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(name="action", datatype="FP32", shape=[-1, 4])],
+        )
+
+    def ModelInfer(self, request, context):
+        with self.lock:  # each worker has its own channel: its own peer address
+            self.liar = self.liar or context.peer()
+            if context.peer() == self.liar:
+                self.asked += 1
+            lie = context.peer() == self.liar and self.asked > 40
+        q = np.full((1, 4), np.nan, "<f4") if lie else np.array([[0.1, 0.4, 0.3, 0.2]], "<f4")
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        response.outputs.add(name="action", datatype="FP32", shape=[1, 4])
+        response.raw_output_contents.append(q.tobytes())
+        return response
+
+
+def test_a_failure_in_one_worker_ends_every_game(tmp_path: Path) -> None:
+    """As in one process, a bad answer ends play for all games, not only for the worker that got it."""
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    add_GRPCInferenceServiceServicer_to_server(OnePeerLies(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        stats = tmp_path / "lie.json"
+        result = run_command(
+            REMOTE, "--host", "127.0.0.1", "--port", str(port), "--env", "BreakoutNoFrameskip-v4", "--games", "4",
+            "--workers", "2", "--headless", "--sync", "--fps", "30", "--episodes", "3", "--json", str(stats),
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        server.stop(0)
+    one_error_line(result, "not finite", code=1)
+    figures = json.loads(stats.read_text())
+    assert figures["error"] and not figures["stopped_by_user"]
+    for game in figures["games"]:  # the healthy worker's games were stopped too: nobody played on to 3 episodes
+        assert [e["end"] for e in game["episodes"]] == ["cut short"], game
