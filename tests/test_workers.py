@@ -165,19 +165,28 @@ def test_bad_workers_flags_are_one_line(flags: list[str], words: list[str]) -> N
     one_error_line(result, *words, alone=True)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "sigterm", "kill"])
-def test_stopping_the_parent_leaves_no_worker_behind(workers_server, stop: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stop, group",
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGKILL, False)],
+    ids=["sigint", "ctrl-c", "sigterm", "kill"],
+)
+def test_stopping_the_parent_leaves_no_worker_behind(workers_server, stop: int, group: bool, tmp_path: Path) -> None:
+    """SIGINT or SIGTERM to the parent alone, or Ctrl-C (SIGINT to the terminal's whole process group)."""
     stats = tmp_path / "stopped.json"
     player = start_command(
         REMOTE, "--host", "127.0.0.1", "--port", str(workers_server.grpc_port), "--games", "4", "--workers", "2",
         "--headless", "--sync", "--json", str(stats), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
     )  # fmt: skip
     head = wait_for_play(player)
     workers = workers_of(player.pid)
     assert len(workers) == 2, children_of(player.pid)
     helpers = list(children_of(player.pid))
     time.sleep(2)  # into play (15 steps/s): the statistics have something to say
-    player.send_signal(stop)  # to the parent alone: it must stop its workers itself
+    if group:  # as a terminal's Ctrl-C: every worker gets it too, and then the parent's own
+        os.killpg(player.pid, stop)
+    else:  # to the parent alone: it must stop its workers itself
+        player.send_signal(stop)
     rest, err = player.communicate(timeout=30)
     out = head + rest
     if stop != signal.SIGKILL:  # a killed parent reports nothing, but its workers die with it (PR_SET_PDEATHSIG)
