@@ -265,3 +265,19 @@ def test_a_failure_in_one_worker_ends_every_game(tmp_path: Path) -> None:
     assert figures["error"] and not figures["stopped_by_user"]
     for game in figures["games"]:  # the healthy worker's games were stopped too: nobody played on to 3 episodes
         assert [e["end"] for e in game["episodes"]] == ["cut short"], game
+
+
+def test_async_workers_report_staleness_and_one_request_in_flight_per_game(workers_server, tmp_path: Path) -> None:
+    stats = tmp_path / "async.json"
+    result = play(
+        workers_server, "--games", "4", "--workers", "2", "--headless", "--fps", "0", "--max-steps", "60",
+        "--json", str(stats),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(stats.read_text())
+    assert figures["mode"] == "async" and figures["staleness_steps"]["max"] >= 1
+    assert sum(len(g["episodes"]) for g in figures["games"]) == 4
+    for game in figures["games"]:
+        answered = game["latency_ms"]["count"]
+        assert 1 <= game["requests"] <= game["steps"] and game["requests"] - 1 <= answered <= game["requests"]
+    assert "staleness of applied actions" in result.stdout
