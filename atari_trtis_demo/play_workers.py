@@ -164,6 +164,9 @@ def worker_main(
             start.wait()
             cpu = _cpu_seconds()
             loop.play()
+            # Play is over: a stop asked from now on (the parent's, when another worker failed) must not
+            # break the report or the cleanup.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             result = loop.summarise()
             conn.send(("report", _report(result, _cpu_seconds() - cpu)))
         finally:
@@ -291,6 +294,9 @@ def play_in_workers(
             parent_cpu += _cpu_seconds()
         except (KeyboardInterrupt, _Stop):
             stopped = True
+            # The grace below is bounded: a second Ctrl-C or SIGTERM must not cut the cleanup short.
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             _interrupt(procs)
             start.set()  # a worker waiting to start leaves its wait and reports nothing played
             reports = _gather(conns, procs, "report", time.monotonic() + STOP_GRACE_SECONDS, quiet=True)
@@ -307,6 +313,8 @@ def play_in_workers(
             conn.close()
         os.environ.pop("ATARI_WORKERS_PARENT", None)
         signal.signal(signal.SIGTERM, previous_term)
+        if stopped:
+            signal.signal(signal.SIGINT, previous_int)
     if not reports:
         result = PlayResult(mode="sync" if config.sync else "async", policy=f"remote {spec.host}:{spec.port}")
     else:
