@@ -33,6 +33,12 @@ class RemoteOptions:
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
     tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
     games: int = flag(1, type=int_in(1, 1024), help="play N games at once, a grid in the window (many_games.py)")
+    workers: int = flag(
+        1,
+        type=int_in(1, 64),
+        metavar="K",
+        help="spread the --games over K processes, each with its own connection (more cores; needs --headless)",
+    )
 
 
 @dataclass
@@ -100,6 +106,10 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     config = play_config(args)  # env_id: set below, once the model's own game is known
     server = from_args(RemoteOptions, args)
+    if server.workers > 1:
+        from atari_trtis_demo.play.play_workers import check_worker_flags
+
+        check_worker_flags(server.workers, server.games, config.headless, config.record, server.fallback_modelpath)
     from atari_trtis_demo.core.game_id import remote_game
     from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
     from atari_trtis_demo.play.play_loop import play_games
@@ -144,6 +154,11 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     try:
         where = f"the config of model '{server.model}' on {client.address}"
         config.env_id = remote_game(config.env_id, client.env_id, where, server.fallback_modelpath)
+        if server.workers > 1:  # this process checked the server and the game; the workers play
+            from atari_trtis_demo.play.play_workers import ServerSpec, play_in_workers
+
+            spec = ServerSpec(server.host, server.port, server.model, config.request_timeout, server.tls_ca)
+            return exit_code(play_in_workers(spec, config, server.games, server.workers, announcer(config.json)))
         return exit_code(play_games(policies, config, announcer(config.json)))
     finally:
         for policy in policies:

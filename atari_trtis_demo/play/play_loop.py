@@ -46,7 +46,8 @@ class PlayLoop:
         self.deadline = None if config.request_timeout is None else config.request_timeout + 1.0
         self.games: list[Game] = []
         try:
-            for i, policy in enumerate(policies):  # game i plays seeds seed + i * episodes onwards
+            # Game i plays seeds seed + i * episodes onwards; a worker's share starts at first_game (play_workers).
+            for i, policy in enumerate(policies, config.first_game):
                 seed = config.seed + i * config.episodes
                 env = make_env(
                     config.env_id,
@@ -207,7 +208,8 @@ class PlayLoop:
         tick = 0
         try:
             for g in self.games:
-                g.start_episode()
+                if g.obs is None:  # a worker resets its games before the common start (play_workers)
+                    g.start_episode()
             self.start = time.perf_counter()  # the first step starts the clock: N seeded resets are not play
             while playing := [g for g in self.games if not g.done]:
                 if self.screen.player_quit():

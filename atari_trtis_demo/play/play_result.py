@@ -96,6 +96,8 @@ class PlayConfig:
         "window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
     )
     json: str | None = flag(None, type=output_file, help="write the statistics to FILE.json")
+    # Not a flag: the index of the first game played in this process (a worker's share: play_workers).
+    first_game: int = 0
 
     @property
     def episode_cap(self) -> int:
