@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atari_trtis_demo.core.errors import ServiceError, UserError
-from atari_trtis_demo.play.play_result import EpisodeStats, OutageStats, PlayConfig, PlayResult
-from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.play_result import PlayConfig, PlayResult
+from atari_trtis_demo.play.worker_reports import WorkerReport, merge, worker_report
 
 # How long the workers may take to import, connect and build their envs (loaded machine: N x 50 ms of resets).
 READY_SECONDS = 120.0
@@ -53,40 +53,6 @@ class ServerSpec:
     model: str
     timeout: float
     tls_ca: str | None = None
-
-
-@dataclass
-class GameRecord:
-    """One game as a worker reported it: what ``PlayResult`` needs of a game (``to_json``, ``finished_scores``)."""
-
-    figures: dict[str, Any]
-    finished_scores: list[float]
-
-    @property
-    def index(self) -> int:
-        return int(self.figures["game"])
-
-    def to_json(self) -> dict[str, Any]:
-        return self.figures
-
-
-@dataclass
-class WorkerReport:
-    """What one worker sends back when its games end (plain data: it crosses a pipe)."""
-
-    games: list[GameRecord]
-    episodes: list[EpisodeStats]
-    staleness: list[int]
-    round_trips: list[float]  # seconds, every request of every game: the parent's percentiles cover them all
-    requests: int
-    seconds: float
-    outage: OutageStats
-    fallback_switches: int
-    error: str | None
-    stopped_by_user: bool
-    policy: str
-    mode: str
-    cpu_seconds: float = 0.0  # this worker's user + system CPU while playing (from the start to its report)
 
 
 def shares(games: int, workers: int) -> list[range]:
@@ -168,7 +134,7 @@ def worker_main(
             # break the report or the cleanup.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             result = loop.summarise()
-            conn.send(("report", _report(result, _cpu_seconds() - cpu)))
+            conn.send(("report", worker_report(result, _cpu_seconds() - cpu)))
         finally:
             if loop is not None:
                 loop.screen.finish()
@@ -186,56 +152,7 @@ def worker_main(
         conn.close()
 
 
-def _report(result: PlayResult, cpu_seconds: float) -> WorkerReport:
-    games = [GameRecord(g.to_json(), list(g.finished_scores)) for g in result.games]
-    round_trips: list[float] = []
-    for g in result.games:
-        # Raw round trips, not a summary: percentiles of percentiles would be wrong.
-        round_trips.extend(LatencyStats.merged([g.policy.latency])._seconds)
-    return WorkerReport(
-        games=games,
-        episodes=list(result.episodes),
-        staleness=list(result.staleness),
-        round_trips=round_trips,
-        requests=result.requests,
-        seconds=result.seconds,
-        outage=result.outage,
-        fallback_switches=result.fallback_switches,
-        error=result.error,
-        stopped_by_user=result.stopped_by_user,
-        policy=result.policy,
-        mode=result.mode,
-        cpu_seconds=cpu_seconds,
-    )
-
-
 # -- the parent ----------------------------------------------------------------------------
-
-
-def merge(reports: list[WorkerReport]) -> PlayResult:
-    """One :class:`PlayResult` of every worker's games, in game order, as one process would report them."""
-    reports = sorted(reports, key=lambda r: r.games[0].index if r.games else 0)
-    first = reports[0]
-    result = PlayResult(mode=first.mode, policy=first.policy)
-    latency = LatencyStats()
-    for r in reports:
-        result.games.extend(r.games)
-        result.episodes.extend(r.episodes)
-        result.staleness.extend(r.staleness)
-        for seconds in r.round_trips:
-            latency.record(seconds)
-        result.requests += r.requests
-        result.seconds = max(result.seconds, r.seconds)  # the workers started together: until the last game ended
-        # The server away is one event every worker sees: its spells and length are the longest worker's.
-        result.outage.outages = max(result.outage.outages, r.outage.outages)
-        result.outage.seconds = max(result.outage.seconds, r.outage.seconds)
-        result.outage.requests_failed += r.outage.requests_failed
-        result.fallback_switches = max(result.fallback_switches, r.fallback_switches)
-        result.error = result.error or r.error
-        result.stopped_by_user = result.stopped_by_user or r.stopped_by_user
-    result.steps = sum(e.steps for e in result.episodes)
-    result.latency = latency.summary()
-    return result
 
 
 class _Stop(Exception):
