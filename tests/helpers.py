@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
+
 ROOT = Path(__file__).resolve().parents[1]
 # The project's commands, each named once: scripts run by this interpreter, or a module run with -m.
 TRAIN = ROOT / "train_src" / "train_dqn.py"
@@ -175,3 +178,32 @@ def leftover_shm_regions(before: set[str]) -> set[str]:
         except OSError:
             continue
     return {name for name in shm_regions() - before if name not in mapped}
+
+
+class FakeAtariModel(GRPCInferenceServiceServicer):
+    """A KServe v2 server whose model 'atari' looks right: live, ready, [-1,4,84,84] FP32 in and
+    [-1,4] FP32 out. Subclasses answer ModelInfer (lie, hang, refuse); ``check_call`` runs first on
+    every call but health (a key check, a count)."""
+
+    n_actions = 4
+
+    def check_call(self, context) -> None:
+        pass
+
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=True)
+
+    def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=request.name == "atari")
+
+    def ModelMetadata(self, request, context):
+        self.check_call(context)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name="atari",
+            inputs=[tensor(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
+            outputs=[tensor(name="action", datatype="FP32", shape=[-1, self.n_actions])],
+        )

@@ -21,13 +21,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import REMOTE, free_ports, one_error_line, run_command, serving_on_free_ports
+from helpers import REMOTE, FakeAtariModel, free_ports, one_error_line, run_command, serving_on_free_ports
 
 from atari_trtis_demo.core.cli_args import run_cli
 from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
-    GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
 from atari_trtis_demo.play.inference_client import (
@@ -63,7 +62,7 @@ LIES = {
 }
 
 
-class LyingServer(GRPCInferenceServiceServicer):
+class LyingServer(FakeAtariModel):
     """A KServe v2 server whose model looks right ([-1,4,84,84] FP32 in, [-1,4] FP32 out) and whose
     answers are whatever ``mode`` says: 'good', a key of LIES, 'ansi' (an INTERNAL error with escape
     sequences and 1,000 characters), or 'silent' (never answers). With ``key`` set, every call but
@@ -77,7 +76,7 @@ class LyingServer(GRPCInferenceServiceServicer):
         self.infer_calls = 0
         self.release = threading.Event()  # ends 'silent' waits when the server stops
 
-    def _check_key(self, context: grpc.ServicerContext) -> None:
+    def check_call(self, context: grpc.ServicerContext) -> None:
         sent = dict(context.invocation_metadata()).get(KEY_HEADER)
         self.seen_keys.append(sent)
         if self.key is not None and sent != self.key:
@@ -86,25 +85,8 @@ class LyingServer(GRPCInferenceServiceServicer):
                 f"This protocol is restricted, expecting header 'triton-grpc-protocol-{KEY_HEADER}'",
             )
 
-    def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
-
-    def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=True)
-
-    def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=request.name == "atari")
-
-    def ModelMetadata(self, request, context):
-        self._check_key(context)
-        return pb.ModelMetadataResponse(
-            name="atari",
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(name="action", datatype="FP32", shape=[-1, N_ACTIONS])],
-        )
-
     def ModelInfer(self, request, context):
-        self._check_key(context)
+        self.check_call(context)
         self.infer_calls += 1
         rows = int(request.inputs[0].shape[0])
         if self.mode == "silent":

@@ -139,15 +139,19 @@ def test_gif_recording(agents: dict[str, Path], tmp_path: Path) -> None:
     gif = tmp_path / "play.gif"
     result = play(
         LocalChainerPolicy(str(agents["breakout"])),
-        # Unpaced, so that the overlay's steps/s differs from frame to frame: the GIF writer
-        # merges identical consecutive frames into one longer one.
         PlayConfig(sync=True, headless=True, max_steps=20, rendering_scale=1, record=str(gif), fps=0),
     )
     assert result.steps == 20
-    import imageio.v2 as imageio
+    from PIL import Image, ImageSequence
 
-    frames = imageio.mimread(str(gif))
-    assert len(frames) == 10 and frames[0].shape[:2] == (210, 160)
+    # One frame every RECORD_EVERY (2) steps at the real-time pace: 10 frames of 2/15 s. The GIF
+    # writer merges identical consecutive frames into one longer one (two overlays can read the
+    # same), so the frames' total duration is what counts, in GIF's 10 ms units (130 ms a frame).
+    with Image.open(gif) as image:
+        size = image.size
+        durations = [frame.info["duration"] for frame in ImageSequence.Iterator(image)]
+    assert size == (160, 210) and 7 <= len(durations) <= 10, (size, durations)
+    assert 10 * 130 <= sum(durations) <= 10 * 140, durations
 
 
 class Game:

@@ -15,11 +15,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import REMOTE, free_ports, one_error_line, run_command, serving_on_free_ports, start_command
+from helpers import (
+    REMOTE,
+    FakeAtariModel,
+    free_ports,
+    one_error_line,
+    run_command,
+    serving_on_free_ports,
+    start_command,
+)
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
-    GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
 from atari_trtis_demo.play.inference_client import InferenceClient, ServerUnavailable
@@ -200,27 +207,11 @@ def test_players_give_up_after_reconnect_seconds_or_at_once_with_zero(repository
 # -- a server that lies or hangs ----------------------------------------------------------------------------
 
 
-class LyingServer(GRPCInferenceServiceServicer):
+class LyingServer(FakeAtariModel):
     """A KServe v2 server whose model looks right (4 actions) but whose answers are ``answer``'s."""
 
     def __init__(self, answer: str) -> None:
         self.answer, self.stop = answer, threading.Event()
-
-    def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
-
-    def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=True)
-
-    def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=True)
-
-    def ModelMetadata(self, request, context):
-        return pb.ModelMetadataResponse(
-            name=request.name,
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(name="action", datatype="FP32", shape=[-1, 4])],
-        )
 
     def ModelInfer(self, request, context):
         if self.answer == "hang":  # accepts, never answers (until the test ends)

@@ -14,12 +14,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import REMOTE, free_ports, one_error_line, run_command, start_command
+from helpers import REMOTE, FakeAtariModel, free_ports, one_error_line, run_command, start_command
 
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
-    GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
 from atari_trtis_demo.play.play_workers import shares
@@ -208,29 +207,13 @@ def test_stopping_the_parent_leaves_no_worker_behind(workers_server, stop: int, 
     assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()], "a helper process left behind"
 
 
-class OnePeerLies(GRPCInferenceServiceServicer):
+class OnePeerLies(FakeAtariModel):
     """A 4-action model that answers every connection well, except the first to ask: NaN after 40 requests."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.liar: str | None = None
         self.asked = 0
-
-    def ServerLive(self, request, context):
-        return pb.ServerLiveResponse(live=True)
-
-    def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=True)
-
-    def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=True)
-
-    def ModelMetadata(self, request, context):
-        return pb.ModelMetadataResponse(
-            name=request.name,
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(name="action", datatype="FP32", shape=[-1, 4])],
-        )
 
     def ModelInfer(self, request, context):
         with self.lock:  # each worker has its own channel: its own peer address
