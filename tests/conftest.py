@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,4 +69,31 @@ def repository(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 def server(repository: Path):
     """One Triton for the whole session serving ``repository`` on free ports."""
     with serving_on_free_ports(repository) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, made here by openssl: (cert, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture(scope="session")
+def batching_server(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A Triton of its own serving the Breakout agent as 'atari' with the converter's defaults (batching on,
+    max_batch_size 32), its metrics endpoint up: for many games at once."""
+    from atari_trtis_demo.convert.onnx_export import convert
+    from atari_trtis_demo.serving.triton_stats import metrics_url, wait_for_metrics
+
+    repo = tmp_path_factory.mktemp("batching") / "trtismodel"
+    convert(str(agents["breakout"]), repository=str(repo), name="atari", instance_kind="KIND_CPU")
+    with serving_on_free_ports(repo) as running:
+        wait_for_metrics(metrics_url(running.address, running.metrics_port))
         yield running

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -207,3 +210,31 @@ class FakeAtariModel(GRPCInferenceServiceServicer):
             inputs=[tensor(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
             outputs=[tensor(name="action", datatype="FP32", shape=[-1, self.n_actions])],
         )
+
+
+class Player:
+    """``src/app.py`` running headless in the background, its console lines collected as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = start_command(REMOTE, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None or self._reader.is_alive(), f"ended before '{text}': {self.finish()}"
+            assert time.monotonic() < deadline, f"no '{text}' within {timeout} s: {self.lines}"
+            time.sleep(0.1)
+
+    def stop(self) -> subprocess.CompletedProcess:
+        """Ctrl-C, as a user ends play: the statistics so far, exit code 0."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.finish()
+
+    def finish(self, timeout: float = 120) -> subprocess.CompletedProcess:
+        err = self.proc.stderr.read()
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, "".join(self.lines), err)

@@ -13,30 +13,17 @@ import pygame
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command
 
-from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.play.game import PlayConfig
 from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
 from atari_trtis_demo.play.inference_client import InferenceClient
 from atari_trtis_demo.play.many_games import evaluation_summary, play_games
-from atari_trtis_demo.serving.serve import serving
-from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics, wait_for_metrics
+from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 ENV_ID = "BreakoutNoFrameskip-v4"
 # The keys a one-game --json has: the aggregate of many games keeps them all.
 PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
              "staleness_steps", "fallback_switches", "error", "stopped_by_user"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def games_server(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """A Triton of its own serving the Breakout agent as 'atari', with the converter's defaults (batching on)."""
-    repo = tmp_path_factory.mktemp("games") / "trtismodel"
-    convert(str(agents["breakout"]), repository=str(repo), name="atari", instance_kind="KIND_CPU")
-    http, grpc_port, metrics = free_ports(3)
-    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
-        wait_for_metrics(metrics_url(server.address, server.metrics_port))
-        yield server
 
 
 def counters(server) -> dict[str, float]:
@@ -47,14 +34,14 @@ def play_command(server, *flags: str):
     return run_command(REMOTE, "--host", "127.0.0.1", "--port", str(server.grpc_port), "--headless", *flags)
 
 
-def test_n_games_send_one_request_per_game_and_step(games_server, tmp_path: Path) -> None:
+def test_n_games_send_one_request_per_game_and_step(batching_server, tmp_path: Path) -> None:
     stats = tmp_path / "games.json"
-    before = counters(games_server)
+    before = counters(batching_server)
     result = play_command(
-        games_server, "--games", "6", "--sync", "--fps", "0", "--max-steps", "40", "--json", str(stats)
+        batching_server, "--games", "6", "--sync", "--fps", "0", "--max-steps", "40", "--json", str(stats)
     )
     assert result.returncode == 0, result.stderr
-    served = delta(before, counters(games_server))
+    served = delta(before, counters(batching_server))
     figures = json.loads(stats.read_text())
     assert PLAY_KEYS <= set(figures) and figures["mode"] == "sync"
     games = figures["games"]
@@ -72,9 +59,9 @@ def test_n_games_send_one_request_per_game_and_step(games_server, tmp_path: Path
     assert "game 6: scores" in result.stdout and "n_episodes: 6 mean:" in result.stdout
 
 
-def test_async_games_keep_at_most_one_request_in_flight_each(games_server) -> None:
-    before = counters(games_server)
-    with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
+def test_async_games_keep_at_most_one_request_in_flight_each(batching_server) -> None:
+    before = counters(batching_server)
+    with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
         outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=60), 3)
         time.sleep(0.5)  # the requests in flight when the games ended are answered too
     a = outcome
@@ -85,21 +72,21 @@ def test_async_games_keep_at_most_one_request_in_flight_each(games_server) -> No
         assert 1 <= figures["requests"] <= figures["steps"]
         assert figures["requests"] - 1 <= answered <= figures["requests"], "one request in flight at most"
         assert figures["staleness_steps"]["max"] >= 1
-    assert delta(before, counters(games_server))["nv_inference_request_success"] == a.requests
+    assert delta(before, counters(batching_server))["nv_inference_request_success"] == a.requests
 
 
-def test_paced_games_each_keep_real_time(games_server) -> None:
-    with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
+def test_paced_games_each_keep_real_time(batching_server) -> None:
+    with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
         outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, sync=True, max_steps=30), 4)
     for game in outcome.games:
         rate = game.to_json()["steps_per_second"]
         assert 13.5 <= rate <= 16.5, rate  # 30 steps at 15/s: the first step starts the clock
 
 
-def test_evaluation_summary_as_chainerrl_prints_it(games_server, tmp_path: Path) -> None:
+def test_evaluation_summary_as_chainerrl_prints_it(batching_server, tmp_path: Path) -> None:
     stats = tmp_path / "eval.json"
     result = play_command(
-        games_server, "--games", "4", "--episodes", "2", "--fps", "0", "--max-steps", "50", "--json", str(stats)
+        batching_server, "--games", "4", "--episodes", "2", "--fps", "0", "--max-steps", "50", "--json", str(stats)
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(stats.read_text())
@@ -117,7 +104,7 @@ def test_evaluation_summary_as_chainerrl_prints_it(games_server, tmp_path: Path)
     assert evaluation_summary([3.0])["stdev"] == 0.0 and evaluation_summary([]) == {}
 
 
-def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) -> None:
+def test_grid_window_shows_every_game_in_its_cell(batching_server, tmp_path: Path) -> None:
     shot = tmp_path / "grid.png"
     shown: list[list[np.ndarray]] = []
     real_draw = GridScreen.draw_grid
@@ -129,7 +116,7 @@ def test_grid_window_shows_every_game_in_its_cell(games_server, tmp_path: Path) 
     # Under SDL's dummy driver no key can come: the game-over screen does not wait.
     GridScreen.draw_grid = draw_grid
     try:
-        with InferenceClient("127.0.0.1", games_server.grpc_port, "atari") as client:
+        with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
             config = PlayConfig(env_id=ENV_ID, sync=True, fps=0, max_steps=25, rendering_scale=1, screenshot=str(shot))
             outcome = play_games(client, config, 4)
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -16,6 +15,7 @@ import pytest
 from helpers import (
     REMOTE,
     STANDALONE,
+    Player,
     assert_runs_without_chainer,
     free_ports,
     one_error_line,
@@ -154,34 +154,6 @@ def test_gif_recording(agents: dict[str, Path], tmp_path: Path) -> None:
     assert 10 * 130 <= sum(durations) <= 10 * 140, durations
 
 
-class Game:
-    """``src/app.py`` running headless, its console lines collected as they come."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.proc = start_command(REMOTE, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            assert self.proc.poll() is None, f"the game ended before '{text}': {self.finish()}"
-            assert time.monotonic() < deadline, f"no '{text}' within {timeout} s: {self.lines}"
-            time.sleep(0.1)
-
-    def stop(self) -> tuple[str, str]:
-        """Ctrl-C, as a user ends play: the statistics so far, exit code 0."""
-        self.proc.send_signal(signal.SIGINT)
-        return self.finish()
-
-    def finish(self) -> tuple[str, str]:
-        err = self.proc.stderr.read()
-        self.proc.wait(timeout=60)
-        self._reader.join(timeout=10)
-        return "".join(self.lines), err
-
-
 @pytest.mark.parametrize("fallback", [False, True])
 def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback: bool) -> None:
     repo = tmp_path / "trtismodel"
@@ -193,17 +165,18 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
     # Without fallback: --reconnect 0 ends play at the first failure (test_play_loop.py rides a restart out).
     args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync", "--reconnect", "0"]
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
-        game = Game(args)
+        game = Player(*args)
         time.sleep(6)  # playing against the server meanwhile
         server.stop()
     if fallback:
         game.wait_for("playing on with local inference")
         with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics):  # the server is back
             game.wait_for("back to remote inference")
-            out, err = game.stop()
-        assert game.proc.returncode == 0, err
+            ended = game.stop()
+        assert ended.returncode == 0, ended.stderr
     else:
-        out, err = game.finish()
+        ended = game.finish()
+    out, err = ended.stdout, ended.stderr
     figures = json.loads((tmp_path / "stats.json").read_text())
     assert figures["requests"] > 0 and figures["steps"] > 0
     if fallback:
@@ -212,7 +185,7 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
         assert figures["error"] is None and figures["stopped_by_user"]
     else:
         line = one_error_line(
-            subprocess.CompletedProcess(game.proc.args, game.proc.returncode, out, err),
+            ended,
             f"127.0.0.1:{grpc_port}",
             code=1,
         )
@@ -302,16 +275,17 @@ def test_fallback_with_no_server_at_start_plays_locally_then_moves_to_the_server
     convert(str(agents["breakout"]), repository=str(repo))
     http, grpc_port, metrics = free_ports(3)
     stats = tmp_path / "stats.json"
-    game = Game(
-        ["--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "100", "--episodes", "1000",
-         "--timeout", "2", "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats)]
+    game = Player(
+        "--host", "127.0.0.1", "--port", str(grpc_port), "--headless", "--fps", "100", "--episodes", "1000",
+        "--timeout", "2", "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats),
     )  # fmt: skip
     game.wait_for("playing on with local inference")
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics):
         game.wait_for("back to remote inference")
         time.sleep(1)  # a few remote answers
-        out, err = game.stop()
-    assert game.proc.returncode == 0, err
+        ended = game.stop()
+    out, err = ended.stdout, ended.stderr
+    assert ended.returncode == 0, err
     assert out.count("playing on with local inference") == 1 and f"cannot connect to 127.0.0.1:{grpc_port}" in out
     assert "Traceback" not in err and "InvalidStateError" not in err, err
     figures = json.loads(stats.read_text())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import threading
 import time
 from concurrent import futures
@@ -18,11 +17,11 @@ import pytest
 from helpers import (
     REMOTE,
     FakeAtariModel,
+    Player,
     free_ports,
     one_error_line,
     run_command,
     serving_on_free_ports,
-    start_command,
 )
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
@@ -130,29 +129,6 @@ def test_local_overlay_says_local_inference() -> None:
 
 
 # -- a server that goes away and comes back -----------------------------------------------------------------
-
-
-class Player:
-    """``src/app.py`` running headless, its console lines collected as they come."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = start_command(REMOTE, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            assert self.proc.poll() is None or self._reader.is_alive(), f"ended before '{text}': {self.finish()}"
-            assert time.monotonic() < deadline, f"no '{text}' within {timeout} s: {self.lines}"
-            time.sleep(0.1)
-
-    def finish(self, timeout: float = 120) -> subprocess.CompletedProcess:
-        err = self.proc.stderr.read()
-        self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=10)
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, "".join(self.lines), err)
 
 
 def test_sync_player_rides_out_a_server_restart(repository: Path, tmp_path: Path) -> None:

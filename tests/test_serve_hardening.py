@@ -118,19 +118,6 @@ def test_admin_protocols_refuse_a_client_without_the_owners_key_over_grpc_and_ht
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, made here by openssl."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
-
-
-@pytest.fixture(scope="module")
 def guarded(repository: Path, certificate: tuple[Path, Path]):
     """A Triton with the players' key and TLS on gRPC."""
     http, grpc_port, metrics = free_ports(3)

@@ -16,29 +16,16 @@ import numpy as np
 import pytest
 from helpers import REMOTE, FakeAtariModel, free_ports, one_error_line, run_command, start_command
 
-from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
     add_GRPCInferenceServiceServicer_to_server,
 )
 from atari_trtis_demo.play.play_workers import shares
-from atari_trtis_demo.serving.serve import serving
-from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics, wait_for_metrics
+from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 
 PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
              "staleness_steps", "fallback_switches", "error", "stopped_by_user", "outage", "games",
              "evaluation"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def workers_server(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """A Triton of its own serving the Breakout agent as 'atari' with the converter's defaults (batching on)."""
-    repo = tmp_path_factory.mktemp("workers") / "trtismodel"
-    convert(str(agents["breakout"]), repository=str(repo), name="atari", instance_kind="KIND_CPU")
-    http, grpc_port, metrics = free_ports(3)
-    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
-        wait_for_metrics(metrics_url(server.address, server.metrics_port))
-        yield server
 
 
 def play(server, *flags: str) -> subprocess.CompletedProcess:
@@ -82,15 +69,15 @@ def test_shares_cover_every_game_once() -> None:
     assert {len(s) for s in shares(96, 7)} <= {13, 14}
 
 
-def test_two_workers_play_the_same_games_as_one_process(workers_server, tmp_path: Path) -> None:
+def test_two_workers_play_the_same_games_as_one_process(batching_server, tmp_path: Path) -> None:
     """Same games, seeds and model: the same per-game scores and steps, the same report and JSON shape."""
     flags = ["--games", "5", "--headless", "--sync", "--fps", "0", "--max-steps", "60", "--seed", "7"]
-    url = metrics_url(workers_server.address, workers_server.metrics_port)
+    url = metrics_url(batching_server.address, batching_server.metrics_port)
     outcomes = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}.json"
         before = read_metrics(url, "atari")
-        result = play(workers_server, *flags, "--workers", str(workers), "--json", str(out))
+        result = play(batching_server, *flags, "--workers", str(workers), "--json", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
         served = delta(before, read_metrics(url, "atari"))
         figures = json.loads(out.read_text())
@@ -169,11 +156,11 @@ def test_bad_workers_flags_are_one_line(flags: list[str], words: list[str]) -> N
     [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGKILL, False)],
     ids=["sigint", "ctrl-c", "sigterm", "kill"],
 )
-def test_stopping_the_parent_leaves_no_worker_behind(workers_server, stop: int, group: bool, tmp_path: Path) -> None:
+def test_stopping_the_parent_leaves_no_worker_behind(batching_server, stop: int, group: bool, tmp_path: Path) -> None:
     """SIGINT or SIGTERM to the parent alone, or Ctrl-C (SIGINT to the terminal's whole process group)."""
     stats = tmp_path / "stopped.json"
     player = start_command(
-        REMOTE, "--host", "127.0.0.1", "--port", str(workers_server.grpc_port), "--games", "4", "--workers", "2",
+        REMOTE, "--host", "127.0.0.1", "--port", str(batching_server.grpc_port), "--games", "4", "--workers", "2",
         "--headless", "--sync", "--json", str(stats), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True,
     )  # fmt: skip
@@ -250,10 +237,10 @@ def test_a_failure_in_one_worker_ends_every_game(tmp_path: Path) -> None:
         assert [e["end"] for e in game["episodes"]] == ["cut short"], game
 
 
-def test_async_workers_report_staleness_and_one_request_in_flight_per_game(workers_server, tmp_path: Path) -> None:
+def test_async_workers_report_staleness_and_one_request_in_flight_per_game(batching_server, tmp_path: Path) -> None:
     stats = tmp_path / "async.json"
     result = play(
-        workers_server, "--games", "4", "--workers", "2", "--headless", "--fps", "0", "--max-steps", "60",
+        batching_server, "--games", "4", "--workers", "2", "--headless", "--fps", "0", "--max-steps", "60",
         "--json", str(stats),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
