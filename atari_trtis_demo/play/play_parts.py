@@ -28,7 +28,7 @@ def server_away(error: InferenceError) -> bool:
     A Triton shutting down cancels the requests in flight (CANCELLED), which the client
     reports as a ServerError: that too is the server going away.
     """
-    return isinstance(error, OUTAGE_ERRORS) or (isinstance(error, ServerError) and "(CANCELLED:" in str(error))
+    return isinstance(error, OUTAGE_ERRORS) or (isinstance(error, ServerError) and error.status == "CANCELLED")
 
 
 def checked_action(q: Any, n_actions: int, source: str) -> int:
