@@ -2,7 +2,7 @@
 
     python src/app.py --host ${TRITON_IP} --port 8001 --sync
 
-The logic lives in ``atari_trtis_demo.play.game``; this file is the command users know
+The logic lives in ``atari_trtis_demo.play.play_cli``; this file is the command users know
 (installed as ``atari-play`` by ``pip install -e .``).
 No Chainer is needed.
 """

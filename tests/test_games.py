@@ -13,10 +13,11 @@ import pygame
 import pytest
 from helpers import REMOTE, free_ports, one_error_line, run_command
 
-from atari_trtis_demo.play.game import PlayConfig
 from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
 from atari_trtis_demo.play.inference_client import InferenceClient
-from atari_trtis_demo.play.many_games import evaluation_summary, play_games
+from atari_trtis_demo.play.play_loop import play_games
+from atari_trtis_demo.play.play_result import PlayConfig, evaluation_summary
+from atari_trtis_demo.play.policies import RemotePolicy
 from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
@@ -34,7 +35,7 @@ def play_command(server, *flags: str):
     return run_command(REMOTE, "--host", "127.0.0.1", "--port", str(server.grpc_port), "--headless", *flags)
 
 
-def test_n_games_send_one_request_per_game_and_step(batching_server, tmp_path: Path) -> None:
+def test_n_games_send_one_wave_per_step(batching_server, tmp_path: Path) -> None:
     stats = tmp_path / "games.json"
     before = counters(batching_server)
     result = play_command(
@@ -46,38 +47,52 @@ def test_n_games_send_one_request_per_game_and_step(batching_server, tmp_path: P
     assert PLAY_KEYS <= set(figures) and figures["mode"] == "sync"
     games = figures["games"]
     assert [g["game"] for g in games] == list(range(6)) and len({g["seed"] for g in games}) == 6, "seeded apart"
+    waves = figures["latency_ms"]["count"]
     for game in games:
         (episode,) = game["episodes"]
         assert 0 < episode["steps"] <= 40 and episode["score"] == episode["ale_score"] == game["score"]
-        assert game["requests"] == game["steps"] == episode["steps"] == game["latency_ms"]["count"]
-    assert figures["steps"] == sum(g["steps"] for g in games) == figures["requests"] == figures["latency_ms"]["count"]
-    # Every game's every step is one request on the server: the client does not batch.
-    assert served["nv_inference_request_success"] == figures["steps"]
-    assert served["nv_inference_count"] == figures["steps"], "one frame stack per request"
-    # Triton's dynamic batcher merged some of the six players' requests.
-    assert served["nv_inference_exec_count"] < figures["steps"], served
+        assert game["requests"] == game["steps"] == episode["steps"], "one frame stack sent per step"
+        assert game["latency_ms"]["count"] == waves, "its round trips are its waves'"
+    assert figures["steps"] == sum(g["steps"] for g in games) == figures["requests"]
+    # One ModelInfer request per step for all six games (six stacks fit the model's batch of 32).
+    assert waves == max(g["steps"] for g in games) and served["nv_inference_request_success"] == waves, served
+    assert served["nv_inference_count"] == figures["steps"], "every game's every stack, inferred once"
     assert "game 6: scores" in result.stdout and "n_episodes: 6 mean:" in result.stdout
+    assert figures["client_cpu_seconds"] > 0
 
 
-def test_async_games_keep_at_most_one_request_in_flight_each(batching_server) -> None:
+def test_a_wave_larger_than_the_model_batch_is_split_and_sent_at_once(batching_server) -> None:
+    """40 stacks against max_batch_size 32: two requests (32 + 8), one answer of 40 rows in game order."""
+    rng = np.random.default_rng(0)
+    frames = rng.random((40, 4, 84, 84), dtype=np.float32)
     before = counters(batching_server)
     with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
-        outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=60), 3)
-        time.sleep(0.5)  # the requests in flight when the games ended are answered too
+        assert client.max_request_batch == 32
+        q = client.infer_wave(frames)
+        singly = np.stack([client.infer(f) for f in frames])
+    served = delta(before, counters(batching_server))
+    assert q.shape == (40, 4) and np.allclose(q, singly, atol=1e-5)
+    assert served["nv_inference_request_success"] == 2 + 40 and served["nv_inference_count"] == 80
+
+
+def test_async_games_keep_at_most_one_wave_in_flight(batching_server) -> None:
+    before = counters(batching_server)
+    with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
+        outcome = play_games(RemotePolicy(client), 3, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=60))
+        time.sleep(0.5)  # the wave in flight when the games ended is answered too
     a = outcome
     assert a.error is None and a.mode == "async" and 0 < a.steps <= 3 * 60
+    answered = a.latency["count"]
     for game in outcome.games:
         figures = game.to_json()
-        answered = figures["latency_ms"]["count"]
-        assert 1 <= figures["requests"] <= figures["steps"]
-        assert figures["requests"] - 1 <= answered <= figures["requests"], "one request in flight at most"
+        assert answered <= figures["requests"] <= min(figures["steps"], answered + 1), "one wave in flight at most"
         assert figures["staleness_steps"]["max"] >= 1
-    assert delta(before, counters(batching_server))["nv_inference_request_success"] == a.requests
+    assert delta(before, counters(batching_server))["nv_inference_request_success"] in (answered, answered + 1)
 
 
 def test_paced_games_each_keep_real_time(batching_server) -> None:
     with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
-        outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, sync=True, max_steps=30), 4)
+        outcome = play_games(RemotePolicy(client), 4, PlayConfig(env_id=ENV_ID, headless=True, sync=True, max_steps=30))
     for game in outcome.games:
         rate = game.to_json()["steps_per_second"]
         assert 13.5 <= rate <= 16.5, rate  # 30 steps at 15/s: the first step starts the clock
@@ -118,7 +133,7 @@ def test_grid_window_shows_every_game_in_its_cell(batching_server, tmp_path: Pat
     try:
         with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
             config = PlayConfig(env_id=ENV_ID, sync=True, fps=0, max_steps=25, rendering_scale=1, screenshot=str(shot))
-            outcome = play_games(client, config, 4)
+            outcome = play_games(RemotePolicy(client), 4, config)
     finally:
         GridScreen.draw_grid = real_draw
     assert outcome.steps == 100 and not outcome.stopped_by_user

@@ -25,8 +25,9 @@ from helpers import (
 )
 
 from atari_trtis_demo.convert.onnx_export import convert
-from atari_trtis_demo.play.game import PlayConfig, play
 from atari_trtis_demo.play.inference_client import ServerUnavailable
+from atari_trtis_demo.play.play_loop import play_games
+from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serving.serve import serving
 
@@ -85,7 +86,7 @@ def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(serv
 
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
         started = time.perf_counter()
-        result = play(RemotePolicy(client), PlayConfig(sync=False, headless=True, max_steps=45, epsilon=0))
+        result = play_games(RemotePolicy(client), 1, PlayConfig(sync=False, headless=True, max_steps=45, epsilon=0))
         wall = time.perf_counter() - started
     assert result.error is None and result.steps == 45
     assert 12 <= result.steps_per_second <= 16 and wall >= 2.8, "paced at 15 steps/s by default, headless too"
@@ -99,7 +100,7 @@ def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
     rates = {}
     for sync in (True, False):
         with InferenceClient("127.0.0.1", server.grpc_port, "slow") as client:
-            result = play(RemotePolicy(client), PlayConfig(sync=sync, headless=True, max_steps=60, fps=0))
+            result = play_games(RemotePolicy(client), 1, PlayConfig(sync=sync, headless=True, max_steps=60, fps=0))
         assert result.error is None and result.steps == 60
         if sync:
             assert result.requests == result.steps == result.latency["count"]
@@ -123,7 +124,7 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
 
     Screen.draw = draw
     try:
-        result = play(policy, config)
+        result = play_games(policy, 1, config)
     finally:
         Screen.draw = real_draw
     assert result.steps == 40
@@ -137,8 +138,9 @@ def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -
 
 def test_gif_recording(agents: dict[str, Path], tmp_path: Path) -> None:
     gif = tmp_path / "play.gif"
-    result = play(
+    result = play_games(
         LocalChainerPolicy(str(agents["breakout"])),
+        1,
         PlayConfig(sync=True, headless=True, max_steps=20, rendering_scale=1, record=str(gif), fps=0),
     )
     assert result.steps == 20
@@ -212,7 +214,7 @@ def test_fallback_returns_to_the_primary_when_it_answers_again(agents: dict[str,
     primary = FlakyPolicy(LocalChainerPolicy(str(agents["breakout"])))
     fallback = LocalChainerPolicy(str(agents["breakout"]))
     policy = FallbackPolicy(primary, fallback, probe_seconds=0.05)
-    frames = np.zeros((4, 84, 84), np.float32)
+    frames = np.zeros((1, 4, 84, 84), np.float32)
 
     def ask() -> np.ndarray:
         return policy.q_values(frames) if sync else policy.q_values_async(frames).result(timeout=10)

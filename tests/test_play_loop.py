@@ -29,12 +29,11 @@ from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
     add_GRPCInferenceServiceServicer_to_server,
 )
 from atari_trtis_demo.play.inference_client import InferenceClient, ServerUnavailable
-from atari_trtis_demo.play.many_games import play_games
-from atari_trtis_demo.play.play_loop import play_games as play_policies
+from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.play_parts import overlay_lines
 from atari_trtis_demo.play.play_result import EVALUATION_EPISODE_CAP, PlayConfig
 from atari_trtis_demo.play.play_stats import LatencyStats
-from atari_trtis_demo.play.policies import Policy
+from atari_trtis_demo.play.policies import Policy, RemotePolicy
 from atari_trtis_demo.play.screen import Screen
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
@@ -51,7 +50,7 @@ class RandomPolicy(Policy):
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        q = self.rng.random(4)
+        q = self.rng.random((len(frames), 4))
         self.latency.record(time.perf_counter() - start)
         return q
 
@@ -60,8 +59,8 @@ class RandomPolicy(Policy):
 
 
 def test_one_game_and_many_games_report_the_same_shape_and_the_same_cap() -> None:
-    one = play_policies([RandomPolicy()], PlayConfig(sync=True, headless=True, fps=0, max_steps=30)).to_json()
-    two = play_policies([RandomPolicy(), RandomPolicy()], PlayConfig(headless=True, fps=0, max_steps=30)).to_json()
+    one = play_games(RandomPolicy(), 1, PlayConfig(sync=True, headless=True, fps=0, max_steps=30)).to_json()
+    two = play_games(RandomPolicy(), 2, PlayConfig(headless=True, fps=0, max_steps=30)).to_json()
     assert set(one) == set(two) and {"games", "evaluation", "outage"} <= set(one)
     assert len(one["games"]) == 1 and len(two["games"]) == 2
     assert one["outage"] == {"outages": 0, "seconds_without_server": 0.0, "requests_failed": 0}
@@ -73,7 +72,7 @@ def test_many_games_count_playing_time_not_the_game_over_screen() -> None:
     """--games 2 used to count its end screen as playing time (9.2 steps/s where each game said 68.5)."""
     config = PlayConfig(sync=True, fps=30, max_steps=30, game_over_seconds=2.0)  # a window asked to stay 2 s
     started = time.perf_counter()
-    result = play_policies([RandomPolicy(), RandomPolicy()], config)
+    result = play_games(RandomPolicy(), 2, config)
     assert time.perf_counter() - started >= 2.0, "the end screen stayed"
     per_game = [g.to_json()["steps_per_second"] for g in result.games]
     assert result.steps == 60 and result.seconds < 1.6, result.seconds
@@ -95,8 +94,9 @@ def test_end_screen_says_step_limit_prints_first_and_leaves_by_itself() -> None:
     Screen.game_over = game_over
     try:
         started = time.perf_counter()
-        result = play_policies(
-            [RandomPolicy()],
+        result = play_games(
+            RandomPolicy(),
+            1,
             PlayConfig(sync=True, fps=0, max_steps=20, game_over_seconds=1.5),
             lambda r: announced.append(time.perf_counter()),
         )
@@ -280,13 +280,13 @@ def test_many_games_fall_back_together_and_say_so_once(agents: dict[str, Path], 
     assert figures["outage"]["outages"] == 0, "a failed probe is no outage: play went on locally"
 
 
-def test_async_games_through_one_client_share_it(server) -> None:
-    """many_games.play_games: one RemotePolicy per game over one client, each with its own round trips."""
+def test_async_games_through_one_client_share_one_wave_per_step(server) -> None:
+    """Two games ask together: every wave's round trip counts once overall and once for each game in it."""
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
-        result = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=20), 2)
+        result = play_games(RemotePolicy(client), 2, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=20))
     assert result.error is None and len(result.games) == 2
     counts = [g.to_json()["latency_ms"]["count"] for g in result.games]
-    assert sum(counts) == result.latency["count"] <= client.stats.summary()["count"]
+    assert counts == [result.latency["count"]] * 2 and 0 < result.latency["count"] <= client.stats.summary()["count"]
 
 
 class AwayPolicy(RandomPolicy):
@@ -321,7 +321,7 @@ def test_esc_works_while_a_sync_game_waits_for_the_server() -> None:
 
     threading.Thread(target=script, daemon=True).start()
     started = time.perf_counter()
-    result = play_policies([policy], PlayConfig(sync=True, fps=15, max_steps=1000, reconnect=30))
+    result = play_games(policy, 1, PlayConfig(sync=True, fps=15, max_steps=1000, reconnect=30))
     assert result.stopped_by_user and result.error is None and time.perf_counter() - started < 10
     assert 10 <= result.steps <= 12, "no step without an answer"
     assert result.outage.outages == 1 and result.outage.requests_failed >= 10, "retried at the pace meanwhile"
@@ -338,7 +338,7 @@ def test_async_game_plays_its_last_action_while_the_server_is_away() -> None:
         policy.away = True
 
     threading.Thread(target=go_away, daemon=True).start()
-    result = play_policies([policy], config)
+    result = play_games(policy, 1, config)
     assert result.error is None and result.steps == 60, "the game went on"
     assert result.outage.outages == 1 and result.outage.requests_failed >= 20
     # The staleness keeps growing: the action played is the last answer's.

@@ -17,8 +17,10 @@ import numpy as np
 import pygame
 import pytest
 
-from atari_trtis_demo.play.game import PlayConfig, overlay_lines, play
 from atari_trtis_demo.play.inference_client import ServerUnavailable
+from atari_trtis_demo.play.play_loop import play_games
+from atari_trtis_demo.play.play_parts import overlay_lines
+from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.play_stats import LatencyStats
 from atari_trtis_demo.play.policies import FallbackPolicy, Policy
 
@@ -40,7 +42,7 @@ class CountingPolicy(Policy):
         self.calls += 1
         if pygame.display.get_init():
             self.captions.append(pygame.display.get_caption()[0])
-        return self.rng.random(self.n_actions)
+        return self.rng.random((len(frames), self.n_actions))
 
 
 def press(key: int) -> None:
@@ -65,15 +67,16 @@ def test_esc_or_q_ends_play_cleanly_with_statistics(key: int) -> None:
     policy = CountingPolicy()
 
     def script() -> None:
-        wait_until(lambda: policy.calls >= 30)
+        wait_until(lambda: policy.calls >= 31)  # the 31st asks for the step after the 30th
         press(key)
 
     thread = in_background(script)
-    result = play(policy, PlayConfig(sync=True, max_steps=100_000, fps=60, episodes=3))
+    result = play_games(policy, 1, PlayConfig(sync=True, max_steps=100_000, fps=60, episodes=3))
     thread.join(5)
     assert result.stopped_by_user and result.error is None
     assert 30 <= result.steps < 1000 and len(result.episodes) == 1
-    assert result.requests == result.steps and "episode 1: score" in result.report()
+    # Each step's request goes out once the step before is played: the last one was sent, never used.
+    assert result.requests == result.steps + 1 and "episode 1: score" in result.report()
 
 
 def test_p_pauses_and_space_resumes() -> None:
@@ -88,12 +91,12 @@ def test_p_pauses_and_space_resumes() -> None:
         time.sleep(1.5)
         seen["still"] = policy.calls
         press(pygame.K_SPACE)
-        wait_until(lambda: policy.calls >= seen["still"] + 10)
+        wait_until(lambda: policy.calls >= seen["still"] + 11)  # the last call asks for the next step
         press(pygame.K_ESCAPE)
 
     thread = in_background(script)
     started = time.perf_counter()
-    result = play(policy, PlayConfig(sync=True, max_steps=100_000, fps=30))
+    result = play_games(policy, 1, PlayConfig(sync=True, max_steps=100_000, fps=30))
     wall = time.perf_counter() - started
     thread.join(5)
     assert seen["still"] == seen["paused at"], "no agent step while paused"
@@ -117,7 +120,7 @@ def test_game_over_screen_stays_until_a_key_and_shows_the_score(tmp_path: Path) 
 
     thread = in_background(script)
     config = PlayConfig(sync=True, max_steps=20, fps=0, rendering_scale=2, screenshot=str(shot), game_over_seconds=30)
-    result = play(policy, config, announce=lambda r: seen.setdefault("announced", time.perf_counter()))
+    result = play_games(policy, 1, config, announce=lambda r: seen.setdefault("announced", time.perf_counter()))
     returned = time.perf_counter()
     thread.join(5)
     assert result.steps == 20 and not result.stopped_by_user
@@ -138,20 +141,24 @@ def test_game_over_screen_stays_until_a_key_and_shows_the_score(tmp_path: Path) 
 
 def test_headless_play_never_waits_for_a_key() -> None:
     started = time.perf_counter()
-    result = play(CountingPolicy(), PlayConfig(sync=True, headless=True, max_steps=20, fps=0))
+    result = play_games(CountingPolicy(), 1, PlayConfig(sync=True, headless=True, max_steps=20, fps=0))
     assert result.steps == 20 and time.perf_counter() - started < 10
 
 
 def test_title_names_the_player_and_the_mode() -> None:
     policy = CountingPolicy()
-    play(policy, PlayConfig(sync=False, max_steps=5, fps=0, episodes=1, headless=False, seed=1))
+    play_games(policy, 1, PlayConfig(sync=False, max_steps=5, fps=0, episodes=1, headless=False, seed=1))
     captions = set(policy.captions)
     assert captions == {"BreakoutNoFrameskip-v4: counting test policy, async inference"}, captions
 
 
 def test_rendering_scale_takes_a_fraction_as_in_2019(tmp_path: Path) -> None:
     shot = tmp_path / "small.png"
-    play(CountingPolicy(), PlayConfig(sync=True, headless=True, max_steps=3, rendering_scale=1.5, screenshot=str(shot)))
+    play_games(
+        CountingPolicy(),
+        1,
+        PlayConfig(sync=True, headless=True, max_steps=3, rendering_scale=1.5, screenshot=str(shot)),
+    )
     assert pygame.image.load(str(shot)).get_size() == (240, 315)
 
 

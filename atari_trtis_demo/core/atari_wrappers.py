@@ -150,9 +150,22 @@ class WarpFrame(gym.ObservationWrapper):
 
 def warp_frame(rgb: np.ndarray) -> np.ndarray:
     """One RGB frame to the (1, 84, 84) uint8 frame the model sees."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(gray, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_AREA)
-    return small.reshape(1, FRAME_SIZE, FRAME_SIZE)
+    return warp_frames(rgb[None])
+
+
+def warp_frames(rgb: np.ndarray) -> np.ndarray:
+    """(n, height, width, 3) RGB frames to the (n, 84, 84) uint8 frames the model sees, with two OpenCV calls.
+
+    The n frames are converted and resized as one image n frames tall: grayscale works
+    pixel by pixel, and INTER_AREA maps each frame's ``height`` rows onto exactly its own
+    84 output rows (the row scale is the same for one frame and for n), so every frame
+    comes out as it would alone (tests/test_game_banks.py checks it against one call per
+    frame). One call instead of n saves the per-call cost of many games.
+    """
+    n, height, width, _ = rgb.shape
+    gray = cv2.cvtColor(rgb.reshape(n * height, width, 3), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(gray, (FRAME_SIZE, n * FRAME_SIZE), interpolation=cv2.INTER_AREA)
+    return small.reshape(n, FRAME_SIZE, FRAME_SIZE)
 
 
 class ClipReward(gym.RewardWrapper):
@@ -200,10 +213,19 @@ class RandomizeAction(gym.ActionWrapper):
         self.randomized = False  # whether the last action was replaced
 
     def action(self, action: Any) -> Any:
-        self.randomized = self.epsilon > 0 and self.rng.random() < self.epsilon
-        if self.randomized:
-            return int(self.rng.integers(self.env.action_space.n))
+        action, self.randomized = epsilon_action(self.rng, self.epsilon, self.env.action_space.n, action)
         return action
+
+
+def epsilon_action(rng: np.random.Generator, epsilon: float, n_actions: int, action: Any) -> tuple[Any, bool]:
+    """``action``, or with probability ``epsilon`` a uniformly random one; and whether it was replaced.
+
+    :class:`RandomizeAction`'s draw, shared with the many-games bank (``game_banks``), so
+    that a seed draws the same random actions in both.
+    """
+    if epsilon > 0 and rng.random() < epsilon:
+        return int(rng.integers(n_actions)), True
+    return action, False
 
 
 class FireOnLifeLoss(gym.Wrapper):
@@ -219,28 +241,52 @@ class FireOnLifeLoss(gym.Wrapper):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
-        meanings = env.unwrapped.get_action_meanings()
-        self.fire_action: int | None = meanings.index("FIRE") if "FIRE" in meanings else None
+        self.rule = FireRule(env.unwrapped.get_action_meanings())
+
+    @property
+    def fired(self) -> int:
+        return self.rule.fired
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        self.rule.start(self.unwrapped.ale.lives())
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(self.rule.action(action))
+        self.rule.stepped(self.unwrapped.ale.lives())
+        return obs, reward, terminated, truncated, info
+
+
+class FireRule:
+    """When :class:`FireOnLifeLoss` presses FIRE: once at the start of a game and after each lost life.
+
+    One game's state, shared by the wrapper and the many-games bank (``game_banks``).
+    Games without a FIRE action are left alone.
+    """
+
+    def __init__(self, action_meanings: list[str]) -> None:
+        self.fire_action: int | None = action_meanings.index("FIRE") if "FIRE" in action_meanings else None
         self.lives = 0
         self.pending = False
         self.fired = 0
 
-    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
-        obs, info = self.env.reset(**kwargs)
-        self.lives = self.unwrapped.ale.lives()
-        self.pending = self.fire_action is not None
-        return obs, info
+    def start(self, lives: int) -> None:
+        """A new game begins with ``lives``: its first action is FIRE."""
+        self.lives, self.pending = lives, self.fire_action is not None
 
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict]:
-        if self.pending:
-            action, self.pending = self.fire_action, False
-            self.fired += 1
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        lives = self.unwrapped.ale.lives()
+    def action(self, action: Any) -> Any:
+        """The action to play: FIRE when one is due, else ``action``."""
+        if not self.pending:
+            return action
+        self.pending, self.fired = False, self.fired + 1
+        return self.fire_action
+
+    def stepped(self, lives: int) -> None:
+        """After a step: a lost life makes the next action FIRE."""
         if lives < self.lives and self.fire_action is not None:
             self.pending = True
         self.lives = lives
-        return obs, reward, terminated, truncated, info
 
 
 class GameScore(gym.Wrapper):

@@ -45,5 +45,9 @@ DEFAULT_ENV_ID = "BreakoutNoFrameskip-v4"
 ENV_ID_KEY = "env_id"
 # The file in every agent directory this project writes (step, action count, game).
 AGENT_STATE_FILE = "agent_state.json"
+# The config parameter in which serve's python-backend twin records the model's own max_batch_size, the
+# most frame stacks one request may carry (the twin's own max_batch_size, what Triton may merge into
+# one execution, is a multiple of it); players split a wave of stacks at it.
+REQUEST_BATCH_KEY = "max_batch_size"
 # The model name the converter writes and the players ask for by default.
 DEFAULT_MODEL_NAME = "atari"

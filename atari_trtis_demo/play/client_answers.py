@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atari_trtis_demo.core.contract import FRAME_SIZE, STACK_SIZE
+from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, REQUEST_BATCH_KEY, STACK_SIZE
 from atari_trtis_demo.core.errors import one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.play.client_errors import BadResponse, ModelNotReady
@@ -90,3 +90,29 @@ def answer_q_values(
             raise BadResponse(f"{where} Q-values that are not finite (NaN or infinity)")
         return q_values
     raise BadResponse(f"{where} without the output '{one_line(signature.output_name, 40)}'")
+
+
+def recorded_env_id(config: pb.ModelConfig | None) -> str | None:
+    """The game the model's config records (parameter ``env_id``, written by the converter), or None.
+
+    A KServe server without Triton's ModelConfig call, or a model converted without a
+    known game, records none.
+    """
+    parameter = config.parameters.get(ENV_ID_KEY) if config is not None else None
+    return parameter.string_value if parameter is not None and parameter.string_value else None
+
+
+def request_batch_limit(config: pb.ModelConfig | None, batched: bool) -> int:
+    """The most frame stacks one request may carry: the model's ``max_batch_size``.
+
+    serve's python-backend twin declares a multiple of it to Triton (what Triton may merge
+    into one execution) and records the model's own in the parameter
+    :data:`~atari_trtis_demo.core.contract.REQUEST_BATCH_KEY`, which wins. Without a config
+    (a KServe server that is not Triton), or for a model without a batch dimension: 1.
+    """
+    if config is None or not batched:
+        return 1
+    recorded = config.parameters.get(REQUEST_BATCH_KEY)
+    if recorded is not None and recorded.string_value.isdigit() and int(recorded.string_value) > 0:
+        return int(recorded.string_value)
+    return max(1, int(config.max_batch_size))

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from atari_trtis_demo.play.screen import ATARI_SIZE, DEFAULT_SCALE, RECORD_EVERY, Screen
+from atari_trtis_demo.play.screen import ATARI_SIZE, DEFAULT_SCALE, RECORD_EVERY, Screen, View
 
 # The largest grid when no display tells its size (headless recordings and screenshots); the cells keep
 # the Atari's aspect and the overlay bar goes below.
@@ -106,6 +106,11 @@ class GridScreen(Screen):
         """The grid of cells, with the overlay bar below it."""
         return max(self.grid_size[0], MIN_WIDTH), self.grid_size[1] + GAP + self.bar_height
 
+    def show(self, view: View, step: int) -> None:
+        """Draw ``view``: every game in its cell; a warning replaces the overlay's second line."""
+        overlay = view.overlay[:1] + [view.warning] if view.warning else view.overlay
+        self.draw_grid(view.screens, view.labels, overlay, step)
+
     def draw_grid(self, screens: list[np.ndarray], labels: list[str], overlay: list[str], step: int) -> None:
         """Every game's ALE screen (H, W, 3) in its cell with its label, and the overlay bar."""
         if not self.draws:
@@ -128,3 +133,12 @@ class GridScreen(Screen):
             self.frames.append(pg.surfarray.array3d(surface).swapaxes(0, 1))
         if not self.headless:
             pg.display.flip()
+
+
+def make_screen(
+    title: str, n: int, *, scale: float, headless: bool, record: str | None, screenshot: str | None
+) -> Screen:
+    """The window of one game, or the grid of ``n`` (headless: an off-screen surface, drawn only when needed)."""
+    if n == 1:
+        return Screen(title, scale=scale, headless=headless, record=record, screenshot=screenshot)
+    return GridScreen(title, n, scale=scale, headless=headless, record=record, screenshot=screenshot)

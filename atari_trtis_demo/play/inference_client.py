@@ -20,6 +20,7 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from atari_trtis_demo.core.contract import ENV_ID_KEY
 from atari_trtis_demo.core.errors import UserError, one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.play.client_answers import FRAME_SHAPE, answer_q_values, check_signature
+from atari_trtis_demo.play.client_answers import (
+    FRAME_SHAPE,
+    answer_q_values,
+    check_signature,
+    recorded_env_id,
+    request_batch_limit,
+)
 from atari_trtis_demo.play.client_channel import (
     CHANNEL_OPTIONS,
     KEY_ENV,
@@ -168,21 +174,17 @@ class InferenceClient:
         self.signature = check_signature(meta, self.model, self.address)
         self.batched, self.n_actions = self.signature.batched, self.signature.n_actions
         self.input_name, self.output_name = self.signature.input_name, self.signature.output_name
-        self.env_id = self._recorded_env_id(timeout)
+        config = self._model_config(timeout)
+        self.env_id = recorded_env_id(config)
+        self.max_request_batch = request_batch_limit(config, self.signature.batched)
 
-    def _recorded_env_id(self, timeout: float | None = None) -> str | None:
-        """The game the model's config records (parameter ``env_id``, written by the converter), or None.
-
-        A KServe server without Triton's ModelConfig call, or a model converted
-        without a known game, records none.
-        """
+    def _model_config(self, timeout: float | None = None) -> pb.ModelConfig | None:
+        """The model's config (Triton's ModelConfig call), or None from a KServe server without it."""
         try:
             request = pb.ModelConfigRequest(name=self.model, version=self.version)
-            config = self._call(self._stub.ModelConfig, request, timeout)
+            return self._call(self._stub.ModelConfig, request, timeout).config
         except (InvalidRequest, ServerError):  # UNIMPLEMENTED or refused: not Triton
             return None
-        parameter = config.config.parameters.get(ENV_ID_KEY)
-        return parameter.string_value if parameter is not None and parameter.string_value else None
 
     # -- requests ----------------------------------------------------------------------
 
@@ -259,6 +261,46 @@ class InferenceClient:
 
         call.add_done_callback(done)
         return result
+
+    def wave_parts(self, frames: np.ndarray) -> list[np.ndarray]:
+        """A wave of stacks (n, 4, 84, 84) in the requests it takes: at most ``max_request_batch`` stacks each
+        (an unbatched model's stacks one by one, without a batch dimension)."""
+        self.connect()
+        if not self.batched:
+            return list(frames)
+        limit = self.max_request_batch
+        return [frames[i : i + limit] for i in range(0, len(frames), limit)]
+
+    def infer_wave(self, frames: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        """Q-values (n, n_actions) of a wave of n stacks (n, 4, 84, 84): one request when the model's batch limit
+        allows, else the fewest that do, sent at once. The first failure is raised, as :meth:`infer` raises it."""
+        parts = self.wave_parts(frames)
+        if len(parts) == 1:
+            return self.infer(parts[0], timeout).reshape(len(frames), -1)
+        return self.infer_wave_async(frames, timeout).result()
+
+    def infer_wave_async(self, frames: np.ndarray, timeout: float | None = None) -> concurrent.futures.Future:
+        """Like :meth:`infer_wave` without waiting: a future of the (n, n_actions) Q-values, or of the first error."""
+        futures = [self.infer_async(part, timeout) for part in self.wave_parts(frames)]
+        if len(futures) == 1 and self.batched:
+            return futures[0]
+        whole: concurrent.futures.Future = concurrent.futures.Future()
+        whole.set_running_or_notify_cancel()
+        left, lock = [len(futures)], threading.Lock()
+
+        def part_done(part: concurrent.futures.Future) -> None:
+            with lock:
+                left[0] -= 1
+                if whole.done():
+                    return
+                if part.exception() is not None:
+                    whole.set_exception(part.exception())
+                elif left[0] == 0:
+                    whole.set_result(np.concatenate([f.result().reshape(-1, self.n_actions) for f in futures]))
+
+        for future in futures:
+            future.add_done_callback(part_done)
+        return whole
 
     def _rows(self, request: pb.ModelInferRequest) -> int | None:
         """How many Q-value rows the answer must hold: one per stack sent (None: an unbatched model)."""

@@ -12,12 +12,16 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from atari_trtis_demo.core.cli_args import ArgumentParser, int_in, port
 from atari_trtis_demo.core.contract import DEFAULT_MODEL_NAME
 from atari_trtis_demo.core.envs import check_env_id
 from atari_trtis_demo.core.typed_flags import add_flags, flag, from_args
 from atari_trtis_demo.play.play_result import PlayConfig
+
+if TYPE_CHECKING:
+    from atari_trtis_demo.play.policies import Policy
 
 # PlayConfig's flags that only the remote player has; the standalone player declares its own --sync.
 REMOTE_ONLY = ("sync", "reconnect", "request_timeout")
@@ -32,7 +36,7 @@ class RemoteOptions:
     model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
     tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
-    games: int = flag(1, type=int_in(1, 1024), help="play N games at once, a grid in the window (many_games.py)")
+    games: int = flag(1, type=int_in(1, 1024), help="play N games at once, a grid in the window")
     workers: int = flag(
         1,
         type=int_in(1, 64),
@@ -113,20 +117,13 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     from atari_trtis_demo.core.game_id import remote_game
     from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
     from atari_trtis_demo.play.play_loop import play_games
-    from atari_trtis_demo.play.policies import (
-        PROBE_TIMEOUT_SECONDS,
-        FallbackNotice,
-        FallbackPolicy,
-        LocalChainerPolicy,
-        Policy,
-        RemotePolicy,
-    )
+    from atari_trtis_demo.play.policies import PROBE_TIMEOUT_SECONDS, FallbackPolicy, LocalChainerPolicy, RemotePolicy
 
     if not server.fallback_modelpath:
         client = InferenceClient(
             server.host, server.port, server.model, timeout=config.request_timeout, tls_ca=server.tls_ca
         )
-        policies: list[Policy] = [RemotePolicy(client) for _ in range(server.games)]
+        policy: Policy = RemotePolicy(client)
     else:
         # The local agent first: a broken --fallback-modelpath is an error even while the server answers.
         local = LocalChainerPolicy(server.fallback_modelpath, flag="--fallback-modelpath")
@@ -144,13 +141,7 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
             down = None
         except InferenceError as e:  # play starts locally and moves to the server when it answers
             down = e  # (a refused key is a UserError, not an InferenceError: it ends the command)
-        notice = FallbackNotice()  # one console line for all the games
-        policies = [
-            FallbackPolicy(
-                RemotePolicy(client), local, primary_down=down, probe=RemotePolicy(probe_client), notice=notice
-            )
-            for _ in range(server.games)
-        ]
+        policy = FallbackPolicy(RemotePolicy(client), local, primary_down=down, probe=RemotePolicy(probe_client))
     try:
         where = f"the config of model '{server.model}' on {client.address}"
         config.env_id = remote_game(config.env_id, client.env_id, where, server.fallback_modelpath)
@@ -159,10 +150,9 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
 
             spec = ServerSpec(server.host, server.port, server.model, config.request_timeout, server.tls_ca)
             return exit_code(play_in_workers(spec, config, server.games, server.workers, announcer(config.json)))
-        return exit_code(play_games(policies, config, announcer(config.json)))
+        return exit_code(play_games(policy, server.games, config, announcer(config.json)))
     finally:
-        for policy in policies:
-            policy.close()
+        policy.close()
 
 
 def standalone_main(argv: Sequence[str] | None = None) -> int:
@@ -170,13 +160,13 @@ def standalone_main(argv: Sequence[str] | None = None) -> int:
     config = play_config(args)  # env_id: set below, once the model's own game is known
     modelpath = from_args(StandaloneOptions, args).modelpath
     from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, choose_game, recorded_env_id
-    from atari_trtis_demo.play.game import play
+    from atari_trtis_demo.play.play_loop import play_games
     from atari_trtis_demo.play.policies import LocalChainerPolicy
 
     policy = LocalChainerPolicy(modelpath)
     try:
         where = os.path.join(modelpath, AGENT_STATE_FILE)
         config.env_id = choose_game(config.env_id, recorded_env_id(modelpath), where)
-        return exit_code(play(policy, config, announcer(config.json)))
+        return exit_code(play_games(policy, 1, config, announcer(config.json)))
     finally:
         policy.close()

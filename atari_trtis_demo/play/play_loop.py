@@ -1,18 +1,21 @@
-"""The one play loop, for one game or many: each game its own env and policy, one window, one pace.
+"""The one play loop, for one game or many: banks of games, one wave of requests per bank and step, one window.
 
-``game.play`` is one game of it and ``many_games.play_games`` N; the episode cap,
-fallback, pace, statistics, JSON and the game-over screen are the same for every N.
-Every game sends its own request per agent step (``Policy.q_values_async``: gRPC
-futures for a remote policy), so Triton's dynamic batcher, not this client, forms the
-batches. ``sync``: each game steps on its own answer, as soon as it is in;
-asynchronous: each game keeps at most one request in flight, always made from its
-newest frames, and plays its last answered action (NOOP until the first).
+The games step in banks (``core.game_banks``): one game alone in the wrappers' env
+(the emulator's own screen, today's path), many games :data:`BANK_SIZE` at a time in
+ale-py's vector env, a C++ thread per bank. Each bank asks the server once per step
+for all its games that play on (a wave: one request, or as few as the model's batch
+limit allows) and gives each game the action of its own row; while one bank's wave is
+on the server, another's emulators step.
+
+``sync``: a bank steps on its wave's answer, and asks again as soon as its new frames
+are in (the answer is then ready for the next tick); asynchronous: each bank keeps at
+most one wave in flight, always made from its newest frames, and its games play their
+last answered action (NOOP until the first).
 
 A server that is away (unreachable, no answer within the deadline, shutting down) is
-ridden out for ``config.reconnect`` seconds: sync games wait, retrying at the pace,
-with the window alive; async games play their last action. Any other failure ends
-play with the statistics so far; a refused key is raised (one line, exit 2).
-No Chainer here.
+ridden out for ``config.reconnect`` seconds: sync banks wait, asking again at the pace,
+with the window alive; async games play their last action. Any other failure ends play
+with the statistics so far; a refused key is raised (one line, exit 2).
 """
 
 from __future__ import annotations
@@ -21,207 +24,206 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 
-from atari_trtis_demo.core.envs import make_env, scale_observation
-from atari_trtis_demo.play.grid_screen import GridScreen
+from atari_trtis_demo.core.game_banks import BANK_SIZE, GameBank, VectorGames, WrappedGames
+from atari_trtis_demo.play.grid_screen import make_screen
 from atari_trtis_demo.play.inference_client import BadResponse, InferenceError, RequestTimeout
-from atari_trtis_demo.play.play_parts import Game, Outage, check_action_count, checked_action, overlay_lines
+from atari_trtis_demo.play.play_parts import Bank, Game, Outage, Overlay, check_action_count, game_over_lines
 from atari_trtis_demo.play.play_result import CUT_SHORT, GAME_OVER_SECONDS, STEP_LIMIT, Pace, PlayConfig, PlayResult
-from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.play_stats import LatencyStats, cpu_seconds
 from atari_trtis_demo.play.policies import Policy
-from atari_trtis_demo.play.screen import Screen, check_record_path
+from atari_trtis_demo.play.screen import View, check_record_path
 
 WAIT_SLICE = 0.05  # a loop waiting for answers looks at the keys this often
-OVERLAY_SECONDS = 1.0  # the many-game overlay's percentiles are recomputed this often (they cover every request)
+
+
+def bank_sizes(n: int) -> list[int]:
+    """``n`` games in banks of at most :data:`BANK_SIZE`, as even as can be."""
+    banks = -(-n // BANK_SIZE)
+    return [n // banks + (i < n % banks) for i in range(banks)]
 
 
 class PlayLoop:
     """One session of play; :func:`play_games` runs it."""
 
-    def __init__(self, policies: list[Policy], config: PlayConfig) -> None:
-        self.config, self.n = config, len(policies)
+    def __init__(self, policy: Policy, n: int, config: PlayConfig) -> None:
+        self.policy, self.config, self.n = policy, config, n
         self.mode = "sync" if config.sync else "async"
-        self.result = PlayResult(mode=self.mode, policy=policies[0].name)
+        self.result = PlayResult(mode=self.mode, policy=policy.name)
         self.outage = Outage(config.reconnect, self.result.outage)
         # An answer older than the deadline is lost, also where the future would never resolve.
         self.deadline = None if config.request_timeout is None else config.request_timeout + 1.0
-        self.games: list[Game] = []
+        # Game i plays seeds seed + i * episodes onwards; a worker's share starts at first_game (play_workers).
+        first = config.first_game
+        self.games = [
+            Game(i, config.seed + i * config.episodes, config.episodes, config.episode_cap)
+            for i in range(first, first + n)
+        ]
+        what = f"{n} games, " if n > 1 else ""
+        title = f"{config.env_id}: {what}{policy.name}, {self.mode} inference"
+        self.screen = make_screen(
+            title, n, scale=config.rendering_scale, headless=config.headless, record=config.record,
+            screenshot=config.screenshot,
+        )  # fmt: skip
+        self.banks: list[Bank] = []
         try:
-            # Game i plays seeds seed + i * episodes onwards; a worker's share starts at first_game (play_workers).
-            for i, policy in enumerate(policies, config.first_game):
-                seed = config.seed + i * config.episodes
-                env = make_env(
-                    config.env_id,
-                    train=False,
-                    epsilon=config.epsilon,
-                    seed=seed,
-                    fire_on_life_loss=config.fire_on_life_loss,
-                )
-                self.games.append(Game(i, seed, env, policy, config.episodes, config.episode_cap))
-            check_action_count(policies[0].name, policies[0].n_actions, self.games[0].env, config.env_id)
-            options = dict(scale=config.rendering_scale, headless=config.headless, record=config.record)
-            if self.n == 1:
-                title = f"{config.env_id}: {policies[0].name}, {self.mode} inference"
-                self.screen: Screen = Screen(title, screenshot=config.screenshot, **options)
-            else:
-                title = f"{config.env_id}: {self.n} games, {policies[0].name}, {self.mode} inference"
-                self.screen = GridScreen(title, self.n, screenshot=config.screenshot, **options)
+            self.make_banks()
         except BaseException:
-            self.close_envs()
+            self.close()
             raise
         self.pace = Pace(config.fps)
         self.start = time.perf_counter()
         self.quit = False
-        self.overlay: list[str] = []
-        self.overlay_at = 0.0
+        self.started = False
+        self.overlay = Overlay()
+        self.cpu_start = cpu_seconds()
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def progress(self, what: str, done: int, since: float) -> None:
+        """One line per bank while many games start (ROM loads: about 0.1 s a game), and the window's keys."""
+        if self.n > BANK_SIZE:
+            elapsed = time.monotonic() - since
+            eta = elapsed / max(done, 1) * (self.n - done)
+            print(f"{what} {self.n} games: {done}/{self.n}, {elapsed:.0f} s, about {eta:.0f} s left", flush=True)
+        if self.screen.player_quit():
+            raise KeyboardInterrupt
+
+    def make_banks(self) -> None:
+        config, since, offset = self.config, time.monotonic(), 0
+        for size in bank_sizes(self.n):
+            games = self.games[offset : offset + size]
+            seeds = [g.seed for g in games]
+            kind = VectorGames if self.n > 1 else WrappedGames
+            envs: GameBank = kind(
+                config.env_id, size, epsilon=config.epsilon, seeds=seeds, fire_on_life_loss=config.fire_on_life_loss
+            )
+            self.banks.append(Bank(games, envs))
+            check_action_count(self.policy.name, self.policy.n_actions, envs.n_actions, config.env_id)
+            offset += size
+            self.progress("creating", offset, since)
+
+    def start_games(self) -> None:
+        """Every game's first episode (seeded resets reload the ROM): before the clock starts."""
+        since, done = time.monotonic(), 0
+        for bank in self.banks:
+            bank.envs.start([g.next_seed for g in bank.games])
+            done += len(bank.games)
+            self.progress("starting", done, since)
+        self.started = True
+
+    def close(self) -> None:
+        for bank in self.banks:
+            bank.drop_wave()
+            bank.envs.close()
 
     def clock(self) -> float:
         """Playing time: paused time does not count."""
         return time.perf_counter() - self.start - self.screen.paused_seconds
 
-    def close_envs(self) -> None:
-        for g in self.games:
-            g.env.close()
-
     # -- answers -----------------------------------------------------------------------
 
-    def take_answer(self, g: Game, now: float) -> int | None:
-        """The action of ``g``'s finished request (None: none finished, or it failed and play rides it out)."""
-        future = g.pending
-        if future is None:
-            return None
-        if not future.done():
-            if self.deadline is not None and now - g.asked_time > self.deadline:
-                g.drop_request()
-                self.outage.failed(RequestTimeout(f"{g.policy.name}: no answer within {self.deadline:g} s"), now)
-            return None
-        g.pending = None
+    def take_answer(self, bank: Bank, now: float) -> bool:
+        """Whether ``bank``'s wave brought its games' actions (False: not yet, or it failed and play rides it out)."""
+        wave = bank.wave
+        if wave is None:
+            return False
+        if not wave.done():
+            if self.deadline is not None and now - bank.asked_time > self.deadline:
+                bank.drop_wave()
+                self.outage.failed(RequestTimeout(f"{self.policy.name}: no answer within {self.deadline:g} s"), now)
+            return False
         try:
-            q = future.result()
+            q = wave.result()
         except InferenceError as e:
+            bank.wave = None
             self.outage.failed(e, now)
-            return None
+            return False
         except Exception as e:  # an answer the client itself could not read
-            raise BadResponse(f"{g.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
-        action = checked_action(q, g.policy.n_actions, g.policy.name)
-        g.answered_at = g.asked_at
+            raise BadResponse(f"{self.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
+        bank.answered(q, now - bank.asked_time, staleness=not self.config.sync)
         self.outage.answered(now)
-        return action
+        return True
 
-    def tick_sync(self, playing: list[Game]) -> None:
+    def tick_sync(self, banks: list[Bank]) -> None:
         now = time.monotonic()
-        g = playing[0]
-        if self.n == 1 and not self.outage.active and g.pending is None:
-            # One game and a server that answers: a plain blocking call, the shortest round trip.
-            g.requests += 1
-            try:
-                q = g.policy.q_values(scale_observation(g.obs))
-            except InferenceError as e:
-                self.outage.failed(e, time.monotonic())
-                return
-            except Exception as e:  # an answer the client itself could not read
-                raise BadResponse(f"{g.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
-            g.step(checked_action(q, g.policy.n_actions, g.policy.name), self.clock())
-            return
-        for g in playing:
-            if g.pending is None:
-                g.ask(now)
-        waiting = playing
+        for bank in banks:
+            if bank.wave is None:  # the first tick, or asking again after a failure
+                bank.ask(self.policy, now)
+        waiting, stepping = banks, []
         while waiting:
-            futures = [g.pending for g in waiting if g.pending is not None]
-            concurrent.futures.wait(futures, timeout=WAIT_SLICE, return_when=concurrent.futures.FIRST_COMPLETED)
+            waves = [b.wave for b in waiting if b.wave is not None and not b.wave.done()]
+            if waves:
+                concurrent.futures.wait(waves, timeout=WAIT_SLICE, return_when=concurrent.futures.FIRST_COMPLETED)
             now, still = time.monotonic(), []
-            for g in waiting:
-                action = self.take_answer(g, now)
-                if action is not None:  # each game steps as soon as its own answer is in
-                    g.step(action, self.clock())
-                elif g.pending is not None:
-                    still.append(g)
+            for bank in waiting:
+                if self.take_answer(bank, now):
+                    bank.step()  # its emulators step in their own thread while other waves are answered
+                    stepping.append(bank)
+                elif bank.wave is not None:
+                    still.append(bank)
             waiting = still
             if waiting and self.screen.player_quit():  # the window stays alive while a server is slow or away
                 self.quit = True
-                return
+                break
+        for bank in stepping:
+            bank.finish_step(self.clock(), flag_stale=False)
+            if bank.playing:  # the next wave goes out now: its answer is ready when the next tick comes
+                bank.ask(self.policy, time.monotonic())
 
-    def tick_async(self, playing: list[Game]) -> None:
+    def tick_async(self, banks: list[Bank]) -> None:
         now = time.monotonic()
-        # Every game's request first, then every env step: the requests of one tick reach Triton together.
-        for g in playing:
-            action = self.take_answer(g, now)
-            if action is not None:
-                g.action = action
-            if g.pending is None:
-                g.ask(now)
-            if g.answered_at is not None:
-                g.staleness.append(g.steps - g.answered_at)
-        for g in playing:
-            g.step(g.action, self.clock())
+        # Every bank's wave first, then every step: the waves of one tick reach the server together.
+        for bank in banks:
+            self.take_answer(bank, now)
+            if bank.wave is None:
+                bank.ask(self.policy, now)
+        for bank in banks:
+            bank.step()
+        for bank in banks:
+            bank.finish_step(self.clock(), flag_stale=True)
 
     # -- the window --------------------------------------------------------------------
 
-    def draw(self, tick: int) -> None:
-        if not self.screen.draws:
-            return
-        steps = sum(e.steps for g in self.games for e in g.episodes) + sum(g.steps for g in self.games if not g.done)
-        elapsed = max(self.clock(), 1e-9)
+    def view(self) -> View:
         away = None
         if self.outage.active:
             waited = time.monotonic() - (self.outage.since or 0.0)
             away = f"SERVER AWAY: waiting {waited:.0f} of {self.outage.limit:g} s"
-        if self.n == 1:
-            g = self.games[0]
-            episode = f"{min(len(g.episodes) + 1, g.episodes_to_play)}/{g.episodes_to_play}"
-            overlay = overlay_lines(g.policy, self.mode, g.score, episode, steps / elapsed)
-            warning = away or ("LOCAL FALLBACK" if g.policy.on_fallback else None)
-            self.screen.draw(g.env.unwrapped.ale.getScreenRGB(), overlay, warning, tick)
-            return
-        if not self.overlay or time.monotonic() - self.overlay_at >= OVERLAY_SECONDS:
-            self.overlay_at = time.monotonic()
-            lat = LatencyStats.merged([g.policy.latency for g in self.games]).summary()
-            requests = sum(g.requests for g in self.games)
-            self.overlay = [
-                f"{self.n} games   {steps / elapsed / self.n:.1f} steps/s per game   {self.mode.upper()}",
-                f"{requests / elapsed:.0f} requests/s   rtt p50 {lat['median_ms']:.1f} ms   p99 {lat['p99_ms']:.1f} ms",
-            ]
-        overlay = self.overlay[:1] + [away] if away else self.overlay
-        screens = [g.env.unwrapped.ale.getScreenRGB() for g in self.games]
+        elapsed = max(self.clock(), 1e-9)
+        screens = [screen for bank in self.banks for screen in bank.envs.screens()]
         labels = [f"{g.index + 1}: {g.score:g}" for g in self.games]
-        self.screen.draw_grid(screens, labels, overlay, tick)  # type: ignore[attr-defined]
+        warning = away or ("LOCAL FALLBACK" if self.policy.on_fallback else None)
+        return View(screens, labels, self.overlay.text(self.games, self.policy, self.mode, elapsed), warning)
 
     def game_over(self) -> None:
         ended_by_cap = all(g.episodes and g.episodes[-1].end == STEP_LIMIT for g in self.games)
         headline = "STEP LIMIT REACHED" if ended_by_cap else "GAME OVER"
-        if self.n == 1:
-            episodes = self.games[0].episodes
-            lines = [f"final score {episodes[-1].score:g}" if episodes else "final score 0"]
-            if len(episodes) > 1:
-                lines.append("episodes: " + ", ".join(f"{e.score:g}" for e in episodes))
-        else:
-            ev = self.result.evaluation
-            lines = [f"{self.n} games, mean score {ev.get('mean', 0):g}, max {ev.get('max', 0):g}"]
         seconds = self.config.game_over_seconds
         if seconds is None:  # no wait where no key can come (SDL's dummy or offscreen driver)
             seconds = GAME_OVER_SECONDS if self.screen.keys_can_come else 0.0
-        self.screen.game_over(headline, lines, seconds)
+        self.screen.game_over(headline, game_over_lines(self.games, self.result.evaluation), seconds)
 
     # -- the session -------------------------------------------------------------------
 
     def play(self) -> None:
         tick = 0
         try:
-            for g in self.games:
-                if g.obs is None:  # a worker resets its games before the common start (play_workers)
-                    g.start_episode()
+            if not self.started:  # a worker starts its games before the common start (play_workers)
+                self.start_games()
             self.start = time.perf_counter()  # the first step starts the clock: N seeded resets are not play
-            while playing := [g for g in self.games if not g.done]:
+            self.cpu_start = cpu_seconds()
+            while banks := [b for b in self.banks if b.playing]:
                 if self.screen.player_quit():
                     self.quit = True
                 self.outage.check(time.monotonic())
                 if not self.quit:
-                    (self.tick_sync if self.config.sync else self.tick_async)(playing)
+                    (self.tick_sync if self.config.sync else self.tick_async)(banks)
                 if self.quit:
                     self.result.stopped_by_user = True
                     break
                 tick += 1
-                self.draw(tick)
+                if self.screen.draws:
+                    self.screen.show(self.view(), tick)
                 if self.outage.active and not self.pace.period:
                     time.sleep(WAIT_SLICE)  # unpaced: no busy loop of retries against a server that is away
                 self.pace.wait()
@@ -233,38 +235,37 @@ class PlayLoop:
     def summarise(self) -> PlayResult:
         r = self.result
         r.seconds = self.clock()
+        r.cpu_seconds = cpu_seconds() - self.cpu_start
         self.outage.close(time.monotonic())
         for g in self.games:
             if not g.done:  # cut short: counts with what it scored so far, not as a finished episode
                 if g.steps:
-                    g.end_episode(r.seconds, CUT_SHORT)
+                    g.end_episode(r.seconds, CUT_SHORT, g.score)
                 g.done, g.seconds = True, g.seconds or r.seconds
             r.episodes.extend(g.episodes)
             r.staleness.extend(g.staleness)
+            # Round trips as of now: an async answer may still land after play ended.
+            g.frozen_latency = LatencyStats.merged([g.latency]).summary()
         r.games = self.games
         r.steps = sum(e.steps for e in r.episodes)
         r.requests = sum(g.requests for g in self.games)
-        # Round trips as of now, once: an async answer may still land after play ended, and the
-        # games' figures must add up to the whole's (games sharing a policy's stats count them once).
-        frozen = {id(g.policy.latency): LatencyStats.merged([g.policy.latency]) for g in self.games}
-        for g in self.games:
-            g.latency = frozen[id(g.policy.latency)].summary()
-        r.latency = LatencyStats.merged(list(frozen.values())).summary()
-        r.fallback_switches = max(g.policy.fallback_switches for g in self.games)
+        r.round_trips = LatencyStats.merged([self.policy.latency])
+        r.latency = r.round_trips.summary()
+        r.fallback_switches = self.policy.fallback_switches
         return r
 
 
 def play_games(
-    policies: list[Policy], config: PlayConfig, announce: Callable[[PlayResult], None] | None = None
+    policy: Policy, n: int, config: PlayConfig, announce: Callable[[PlayResult], None] | None = None
 ) -> PlayResult:
-    """Play ``config.episodes`` episodes in each of ``len(policies)`` games at once, game ``i`` on ``policies[i]``.
+    """Play ``config.episodes`` episodes in each of ``n`` games at once, every game's actions from ``policy``.
 
     Stops early on Esc/Q, a closed window, Ctrl-C or a failure that is not ridden out.
     ``announce`` gets the statistics as soon as play ends, before the game-over screen
     (which stays ``config.game_over_seconds``, or until a key, where a key can come).
     """
     check_record_path(config.record)
-    loop = PlayLoop(policies, config)
+    loop = PlayLoop(policy, n, config)
     try:
         loop.play()
         result = loop.summarise()
@@ -278,4 +279,4 @@ def play_games(
         return result
     finally:
         loop.screen.finish()
-        loop.close_envs()
+        loop.close()

@@ -1,4 +1,4 @@
-"""The parts of the one play loop (``play_loop``): a game, the server's outages, the checks on answers.
+"""The parts of the one play loop (``play_loop``): a game's record, a bank of games and its wave, the server's outages.
 
 No Chainer here.
 """
@@ -6,17 +6,19 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from atari_trtis_demo.core.envs import GameScore, find_wrapper, scale_observation
+from atari_trtis_demo.core.envs import scale_observation
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.game_banks import GameBank, Stepped
 from atari_trtis_demo.play.inference_client import InferenceError, RequestTimeout, ServerError, ServerUnavailable
 from atari_trtis_demo.play.play_result import CUT_SHORT, STEP_LIMIT, TERMINATED, TRUNCATED, EpisodeStats, OutageStats
-from atari_trtis_demo.play.play_stats import staleness_summary
-from atari_trtis_demo.play.policies import Policy, checked_q_values
+from atari_trtis_demo.play.play_stats import LatencyStats, staleness_summary
+from atari_trtis_demo.play.policies import Policy
 
 # The server is away, not the request wrong: these are ridden out (ServerGoingAway is a ServerUnavailable).
 OUTAGE_ERRORS = (ServerUnavailable, RequestTimeout)
@@ -31,16 +33,11 @@ def server_away(error: InferenceError) -> bool:
     return isinstance(error, OUTAGE_ERRORS) or (isinstance(error, ServerError) and error.status == "CANCELLED")
 
 
-def checked_action(q: Any, n_actions: int, source: str) -> int:
-    """The greedy action of one answer, which must be ``n_actions`` finite numbers (NaN must not play NOOP)."""
-    return int(np.argmax(checked_q_values(q, n_actions, source)))
-
-
-def check_action_count(player: str, n_actions: int, env: Any, env_id: str) -> None:
+def check_action_count(player: str, n_actions: int, game_actions: int, env_id: str) -> None:
     """A model must have one Q-value per action of the game it plays: one line naming both when not."""
-    if env.action_space.n != n_actions:
+    if game_actions != n_actions:
         raise UserError(
-            f"{player} has {n_actions} actions but {env_id} has {env.action_space.n}: "
+            f"{player} has {n_actions} actions but {env_id} has {game_actions}: "
             "serve or load a model trained on this game (--env)"
         )
 
@@ -62,7 +59,7 @@ class Outage:
         if not server_away(error):
             raise error
         self.stats.requests_failed += 1
-        if self.limit <= 0:  # --reconnect 0: the first failure ends play, as before --reconnect
+        if self.limit <= 0:  # --reconnect 0: the first failed request ends play, as before --reconnect
             raise error
         self.error = error
         if self.since is None:
@@ -92,61 +89,41 @@ class Outage:
 
 @dataclass
 class Game:
-    """One of the games: its env, its policy, its request in flight, its episodes and figures."""
+    """One of the games: its seed, its episodes and its figures (its env is a row of its bank)."""
 
     index: int
-    seed: int  # episode j plays seed + j
-    env: Any
-    policy: Policy
+    seed: int  # its first episode's; the one game's episode j plays seed + j (game_banks: a bank's differ)
     episodes_to_play: int
     cap: int
-    obs: Any = None
     score: float = 0.0
     steps: int = 0  # in the episode being played
-    requests: int = 0
+    requests: int = 0  # frame stacks sent for it (each in its bank's wave)
     seconds: float = 0.0  # playing time when its last episode ended
     done: bool = False
     episodes: list[EpisodeStats] = field(default_factory=list)
     finished_scores: list[float] = field(default_factory=list)  # episodes played to their end (or the cap)
     staleness: list[int] = field(default_factory=list)
-    latency: dict[str, float] | None = None  # round trips, frozen when play ends (else live)
-    action: int = 0  # async: the last answered action (NOOP until the first)
-    pending: concurrent.futures.Future | None = None
-    asked_at: int = 0  # the step of the frames behind the request in flight
-    asked_time: float = 0.0
-    answered_at: int | None = None
+    latency: LatencyStats = field(default_factory=LatencyStats)  # its waves' round trips
+    frozen_latency: dict[str, float] | None = None  # the round trips as of the end of play
+    answered_at: int | None = None  # async: the step of the frames behind the last answered action
 
-    def start_episode(self) -> None:
-        self.obs, _ = self.env.reset(seed=self.seed + len(self.episodes))
-        self.score, self.steps, self.action, self.answered_at = 0.0, 0, 0, None
+    @property
+    def next_seed(self) -> int:
+        return self.seed + len(self.episodes)
 
-    def ask(self, now: float) -> None:
-        self.pending = self.policy.q_values_async(scale_observation(self.obs))
-        self.asked_at, self.asked_time = self.steps, now
-        self.requests += 1
-
-    def drop_request(self) -> None:
-        if self.pending is not None:
-            self.pending.cancel()
-            self.pending = None
-
-    def step(self, action: int, now: float) -> None:
-        self.obs, reward, terminated, truncated, _ = self.env.step(action)
-        self.score += float(reward)
+    def stepped(self, reward: float) -> None:
+        self.score += reward
         self.steps += 1
-        if terminated or truncated or self.steps >= self.cap:
-            self.end_episode(now, TERMINATED if terminated else TRUNCATED if truncated else STEP_LIMIT)
 
-    def end_episode(self, now: float, end: str) -> None:
-        self.drop_request()  # the episode is over: an answer in flight is of no use
-        self.episodes.append(EpisodeStats(self.score, self.steps, find_wrapper(self.env, GameScore).score, end))
+    def end_episode(self, now: float, end: str, ale_score: float) -> bool:
+        """Record the episode that ended; whether another one follows."""
+        self.episodes.append(EpisodeStats(self.score, self.steps, ale_score, end))
         if end != CUT_SHORT:
             self.finished_scores.append(self.score)
         self.seconds = now
-        if len(self.episodes) < self.episodes_to_play and end != CUT_SHORT:
-            self.start_episode()
-        else:
-            self.done = True
+        self.score, self.steps, self.answered_at = 0.0, 0, None
+        self.done = len(self.episodes) >= self.episodes_to_play or end == CUT_SHORT
+        return not self.done
 
     def to_json(self) -> dict[str, Any]:
         steps = sum(e.steps for e in self.episodes) + (0 if self.done else self.steps)
@@ -159,9 +136,82 @@ class Game:
             "seconds": self.seconds,
             "steps_per_second": steps / self.seconds if self.seconds > 0 else 0.0,
             "requests": self.requests,
-            "latency_ms": self.policy.latency.summary() if self.latency is None else self.latency,
+            "latency_ms": self.latency.summary() if self.frozen_latency is None else self.frozen_latency,
             "staleness_steps": staleness_summary(self.staleness),
         }
+
+
+class Bank:
+    """Games whose envs step together (a :class:`GameBank`) and ask the server together: one wave per step.
+
+    A wave holds the newest frame stack of every game still playing, sent as one batch
+    (the policy splits it at the model's batch limit); its answer gives each game the
+    action of its own row.
+    """
+
+    def __init__(self, games: list[Game], envs: GameBank) -> None:
+        self.games, self.envs = games, envs
+        self.actions = np.zeros(len(games), np.int64)  # async: the last answered actions (NOOP until the first)
+        self.wave: concurrent.futures.Future | None = None
+        self.rows: list[int] = []  # the games (local indices) of the wave in flight
+        self.asked: list[tuple[int, int]] = []  # (episode, step) of each of them when it was asked
+        self.asked_time = 0.0
+
+    @property
+    def playing(self) -> bool:
+        return any(not g.done for g in self.games)
+
+    def ask(self, policy: Policy, now: float) -> None:
+        self.rows = [i for i, g in enumerate(self.games) if not g.done]
+        frames = scale_observation(self.envs.stacks[self.rows])
+        self.wave = policy.q_values_async(frames)
+        self.asked = [(len(self.games[i].episodes), self.games[i].steps) for i in self.rows]
+        self.asked_time = now
+        for i in self.rows:
+            self.games[i].requests += 1
+
+    def drop_wave(self) -> None:
+        if self.wave is not None:
+            self.wave.cancel()
+            self.wave = None
+
+    def answered(self, q: np.ndarray, round_trip: float, staleness: bool) -> None:
+        """The wave's Q-values: each game's greedy action, its round trip and (async) how old its frames are."""
+        self.wave = None
+        for row, i in enumerate(self.rows):
+            g = self.games[i]
+            g.latency.record(round_trip)
+            episode, step = self.asked[row]
+            if g.done or len(g.episodes) != episode:  # its episode ended meanwhile: the answer is of no use
+                continue
+            self.actions[i] = int(np.argmax(q[row]))
+            if staleness:
+                g.answered_at = step
+
+    def step(self) -> None:
+        """Start every game's step with its action (a finished game idles on NOOP)."""
+        self.envs.send(np.where([g.done for g in self.games], 0, self.actions))
+
+    def finish_step(self, now: float, flag_stale: bool) -> None:
+        """Collect the step; record rewards, ends of episodes (restarting the next ones) and staleness."""
+        stepped: Stepped = self.envs.recv()
+        restart: list[int] = []
+        for i, g in enumerate(self.games):
+            if g.done:
+                continue
+            if flag_stale and g.answered_at is not None:
+                g.staleness.append(g.steps - g.answered_at)
+            g.stepped(float(stepped.rewards[i]))
+            terminated, truncated = bool(stepped.terminated[i]), bool(stepped.truncated[i])
+            if terminated or truncated or g.steps >= g.cap:
+                end = TERMINATED if terminated else TRUNCATED if truncated else STEP_LIMIT
+                if g.end_episode(now, end, float(stepped.ale_scores[i])):
+                    restart.append(i)
+                self.actions[i] = 0
+        if restart:
+            self.envs.restart(restart, [self.games[i].next_seed for i in restart])
+        if not self.playing:
+            self.drop_wave()
 
 
 def overlay_lines(policy: Policy, mode: str, score: float, episode: str, steps_per_second: float) -> list[str]:
@@ -174,3 +224,43 @@ def overlay_lines(policy: Policy, mode: str, score: float, episode: str, steps_p
     else:
         rtt = "rtt -" if latency is None else f"rtt {latency:.1f} ms"
     return [f"score {score:g}   episode {episode}", f"{steps_per_second:.0f} steps/s   {rtt}   {mode.upper()}"]
+
+
+OVERLAY_SECONDS = 1.0  # the many-game overlay's percentiles are recomputed this often (they cover every wave)
+
+
+class Overlay:
+    """The overlay's lines: one game's score, episode and last round trip; or the figures of many games."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.at = 0.0
+
+    def text(self, games: list[Game], policy: Policy, mode: str, elapsed: float) -> list[str]:
+        steps = sum(e.steps for g in games for e in g.episodes) + sum(g.steps for g in games if not g.done)
+        if len(games) == 1:
+            g = games[0]
+            episode = f"{min(len(g.episodes) + 1, g.episodes_to_play)}/{g.episodes_to_play}"
+            return overlay_lines(policy, mode, g.score, episode, steps / elapsed)
+        now = time.monotonic()
+        if not self.lines or now - self.at >= OVERLAY_SECONDS:
+            self.at = now
+            lat = policy.latency.summary()
+            stacks = sum(g.requests for g in games)
+            self.lines = [
+                f"{len(games)} games   {steps / elapsed / len(games):.1f} steps/s per game   {mode.upper()}",
+                f"{stacks / elapsed:.0f} stacks/s in {lat['count'] / elapsed:.0f} waves/s   "
+                f"rtt p50 {lat['median_ms']:.1f} ms   p99 {lat['p99_ms']:.1f} ms",
+            ]
+        return self.lines
+
+
+def game_over_lines(games: list[Game], evaluation: dict[str, float]) -> list[str]:
+    """The game-over screen's lines below its headline: the final score(s), or the many games' summary."""
+    if len(games) > 1:
+        return [f"{len(games)} games, mean score {evaluation.get('mean', 0):g}, max {evaluation.get('max', 0):g}"]
+    episodes = games[0].episodes
+    lines = [f"final score {episodes[-1].score:g}" if episodes else "final score 0"]
+    if len(episodes) > 1:
+        lines.append("episodes: " + ", ".join(f"{e.score:g}" for e in episodes))
+    return lines

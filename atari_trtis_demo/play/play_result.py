@@ -159,6 +159,8 @@ class PlayResult:
     stopped_by_user: bool = False
     outage: OutageStats = field(default_factory=OutageStats)
     games: list[Any] = field(default_factory=list)  # play_loop.Game, each with to_json() and finished_scores
+    cpu_seconds: float = 0.0  # this process's CPU in play (with workers: theirs and the parent's)
+    round_trips: Any = None  # play_stats.LatencyStats of every wave, for a worker's report
 
     @property
     def steps_per_second(self) -> float:
@@ -179,6 +181,7 @@ class PlayResult:
             "steps_per_second": self.steps_per_second,
             "requests": self.requests,
             "latency_ms": self.latency,
+            "client_cpu_seconds": self.cpu_seconds,
             "staleness_steps": staleness_summary(self.staleness),
             "fallback_switches": self.fallback_switches,
             "error": self.error,
@@ -205,8 +208,10 @@ class PlayResult:
                 f"{game['steps_per_second']:.1f} steps/s, rtt p50 {lat['median_ms']:.1f} ms p99 {lat['p99_ms']:.1f} ms"
             )
         lat = self.latency
+        # Many games ask in waves (one per bank and step): the round trips are the waves'.
+        waves = f" (frame stacks, in {lat.get('count', 0)} waves)" if n > 1 else ""
         lines.append(
-            f"  requests {self.requests}, {self.requests / max(self.seconds, 1e-9):.0f}/s; "
+            f"  requests {self.requests}{waves}, {self.requests / max(self.seconds, 1e-9):.0f}/s; "
             f"latency mean {lat.get('mean_ms', 0):.2f} ms, median {lat.get('median_ms', 0):.2f} ms, "
             f"p99 {lat.get('p99_ms', 0):.2f} ms"
         )

@@ -5,11 +5,18 @@ No Chainer, no pygame: the inference client records latency here too.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from typing import Any
 
 import numpy as np
+
+
+def cpu_seconds() -> float:
+    """This process's user + system CPU time (its threads included)."""
+    t = os.times()
+    return t.user + t.system
 
 
 class LatencyStats:

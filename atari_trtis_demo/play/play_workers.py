@@ -35,6 +35,7 @@ from typing import Any
 
 from atari_trtis_demo.core.errors import ServiceError, UserError
 from atari_trtis_demo.play.play_result import PlayConfig, PlayResult
+from atari_trtis_demo.play.play_stats import cpu_seconds
 from atari_trtis_demo.play.worker_reports import WorkerReport, merge, worker_report
 
 # How long the workers may take to import, connect and build their envs (loaded machine: N x 50 ms of resets).
@@ -97,11 +98,6 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def worker_main(
     spec: ServerSpec, config: PlayConfig, games: range, conn: multiprocessing.connection.Connection, start: Any
 ) -> None:
@@ -121,24 +117,21 @@ def worker_main(
 
         client = InferenceClient(spec.host, spec.port, spec.model, timeout=spec.timeout, tls_ca=spec.tls_ca)
         try:
-            policies = [RemotePolicy(client) for _ in games]
             mine = dataclasses.replace(config, first_game=games.start, headless=True, screenshot=None, record=None)
-            loop = PlayLoop(policies, mine)
-            for g in loop.games:  # the seeded resets (ale-py reloads the ROM: ~90 ms each) before the start
-                g.start_episode()
+            loop = PlayLoop(RemotePolicy(client), len(games), mine)
+            loop.start_games()  # the seeded resets (ale-py reloads the ROM: ~0.1 s each) before the start
             conn.send(("ready",))
             start.wait()
-            cpu = _cpu_seconds()
             loop.play()
             # Play is over: a stop asked from now on (the parent's, when another worker failed) must not
             # break the report or the cleanup.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             result = loop.summarise()
-            conn.send(("report", worker_report(result, _cpu_seconds() - cpu)))
+            conn.send(("report", worker_report(result)))
         finally:
             if loop is not None:
                 loop.screen.finish()
-                loop.close_envs()
+                loop.close()
             client.close()
     except KeyboardInterrupt:
         conn.send(("stopped",))
@@ -206,9 +199,9 @@ def play_in_workers(
             start.set()
             # Starting K interpreters takes seconds: say when play begins.
             print(f"{games} games in {workers} worker processes: playing", flush=True)
-            parent_cpu = -_cpu_seconds()
+            parent_cpu = -cpu_seconds()
             reports = _gather(conns, procs, "report", None, on_failure=lambda: _interrupt(procs))
-            parent_cpu += _cpu_seconds()
+            parent_cpu += cpu_seconds()
         except (KeyboardInterrupt, _Stop):
             stopped = True
             # The grace below is bounded: a second Ctrl-C or SIGTERM must not cut the cleanup short.
@@ -238,11 +231,12 @@ def play_in_workers(
         result = merge(reports)
     # A failure in one worker stopped the others (as it ends every game in one process): not the user's doing.
     result.stopped_by_user = stopped or (result.stopped_by_user and not result.error)
+    # Where the client's CPU went while playing (imports and env set-up before the start left out).
+    worker_cpu = sum(r.cpu_seconds for r in reports)
+    result.cpu_seconds = worker_cpu + parent_cpu
     if announce is not None:
         announce(result)
     if reports:
-        # Where the client's CPU went while playing (imports and env set-up before the start left out).
-        worker_cpu = sum(r.cpu_seconds for r in reports)
         print(
             f"  {len(procs)} worker processes: client CPU in play {worker_cpu + parent_cpu:.2f} s "
             f"(workers {worker_cpu:.2f} s, this process {parent_cpu:.2f} s)",

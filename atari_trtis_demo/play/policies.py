@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 import time
 
 import numpy as np
 
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.play.inference_client import BadResponse, InferenceClient, InferenceError
+from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
 from atari_trtis_demo.play.play_stats import LatencyStats
 
 logger = logging.getLogger(__name__)
@@ -29,7 +28,11 @@ PROBE_WAIT_SECONDS = 0.05
 
 
 class Policy:
-    """Q-values for a scaled (4, 84, 84) float32 frame stack, waiting (:meth:`q_values`) or not."""
+    """Q-values for a wave of scaled frame stacks, (n, 4, 84, 84) float32 -> (n, n_actions), waiting or not.
+
+    A wave is every game of a bank that needs an action: one game is a wave of one.
+    ``latency`` records one time per wave.
+    """
 
     name: str = "policy"
     remote: bool = False  # whether latency is a round trip to a server (else local inference time)
@@ -47,7 +50,7 @@ class Policy:
         return 0
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
-        """Q-values (n_actions,); waits. Raises InferenceError when the source fails."""
+        """Q-values (n, n_actions) of ``frames`` (n, 4, 84, 84); waits. Raises InferenceError when the source fails."""
         raise NotImplementedError
 
     def q_values_async(self, frames: np.ndarray) -> concurrent.futures.Future:
@@ -64,8 +67,8 @@ class Policy:
 class RemotePolicy(Policy):
     """Q-values from a KServe v2 server (Triton) through :class:`InferenceClient`.
 
-    Each policy keeps its own round-trip times (one per game when many games share a
-    client); the client's ``stats`` count every request of all of them.
+    A wave goes out as one request, or as few as the model's batch limit allows, all at
+    once (:meth:`InferenceClient.infer_wave`); the client checks every answer.
     """
 
     remote = True
@@ -81,14 +84,14 @@ class RemotePolicy(Policy):
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        q = self.client.infer(frames)
+        q = self.client.infer_wave(frames)
         self.latency.record(time.perf_counter() - start)
         return q
 
     def q_values_async(self, frames: np.ndarray) -> concurrent.futures.Future:
-        # gRPC's own future: no thread of ours waits on the network.
+        # gRPC's own futures: no thread of ours waits on the network.
         start = time.perf_counter()
-        future = self.client.infer_async(frames)
+        future = self.client.infer_wave_async(frames)
 
         def answered(done: concurrent.futures.Future) -> None:
             if not done.cancelled() and done.exception() is None:
@@ -119,57 +122,23 @@ class LocalChainerPolicy(Policy):
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        q = self._forward(self.q_function, frames[None])[0]
+        q = self._forward(self.q_function, frames)
         self.latency.record(time.perf_counter() - start)
         return q
-
-
-class FallbackNotice:
-    """The console lines of falling back and coming back: once for all the games of one player."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._down: set[int] = set()
-
-    def fell_back(self, policy: Policy, error: InferenceError, local: str) -> None:
-        with self._lock:
-            first = not self._down
-            self._down.add(id(policy))
-        if first:
-            logger.info("%s; playing on with local inference (%s)", error, local)
-            print(f"warning: {error}; playing on with local inference", flush=True)
-
-    def came_back(self, policy: Policy) -> None:
-        with self._lock:
-            self._down.discard(id(policy))
-            last = not self._down
-        if last:
-            print("the server answers again: back to remote inference", flush=True)
-
-
-def checked_q_values(q: object, n_actions: int, source: str) -> np.ndarray:
-    """One answer as ``n_actions`` finite numbers, else BadResponse (a NaN must not play NOOP)."""
-    array = np.asarray(q)
-    if array.shape != (n_actions,) or array.dtype.kind != "f" or not np.isfinite(array).all():
-        fault = "non-finite values" if array.shape == (n_actions,) and array.dtype.kind == "f" else "shape"
-        raise BadResponse(
-            f"{source}: the answer has {fault} {list(array.shape)} {array.dtype}; expected {n_actions} finite Q-values"
-        )
-    return array
 
 
 class FallbackPolicy(Policy):
     """The primary (remote) policy, or the local one while the primary fails.
 
-    After a failure (or an answer that is not ``n_actions`` finite numbers) every call
+    After a failure (a bad answer included: the client checks each) every call
     goes to the fallback; once every ``probe_seconds`` a call also sends a probe (through
     ``probe``, a policy on a client with a short deadline of its own) and waits at most
     PROBE_WAIT_SECONDS for it, so a server that accepts but never answers does not slow
     the game; play returns to the primary when a probe is answered. Started with
     ``primary_down`` (the server did not answer at start), play begins on the fallback.
     A refused key is raised, not played around. Asynchronous calls run this same logic
-    on the policy's worker thread. ``notice`` (shared by the games of one player) says
-    on the console when play falls back and when it comes back, once.
+    on the policy's worker thread. It says on the console when play falls back and when
+    it comes back.
     """
 
     remote = True
@@ -182,14 +151,12 @@ class FallbackPolicy(Policy):
         *,
         primary_down: InferenceError | None = None,
         probe: Policy | None = None,
-        notice: FallbackNotice | None = None,
     ) -> None:
         self.primary, self.fallback, self.probe = primary, fallback, probe or primary
         self.name = primary.name
         self.n_actions = fallback.n_actions
         self.latency = primary.latency
         self.probe_seconds = probe_seconds
-        self.notice = notice or FallbackNotice()
         self._on_fallback = False
         self._switches = 0
         self._next_probe = 0.0
@@ -210,7 +177,8 @@ class FallbackPolicy(Policy):
     def _fail(self, error: InferenceError) -> None:
         if not self._on_fallback and not self._closing:  # closing cancels a call in flight: no server fault
             self._on_fallback, self._switches = True, self._switches + 1
-            self.notice.fell_back(self, error, self.fallback.name)
+            logger.info("%s; playing on with local inference (%s)", error, self.fallback.name)
+            print(f"warning: {error}; playing on with local inference", flush=True)
         self._next_probe = time.monotonic() + self.probe_seconds
 
     def _probed(self, frames: np.ndarray) -> np.ndarray | None:
@@ -223,7 +191,7 @@ class FallbackPolicy(Policy):
                 # May fail at once: a client not yet connected checks the server first, here.
                 self._probe, wait = self.probe.q_values_async(frames), PROBE_WAIT_SECONDS
                 self._probe_sent = time.monotonic()
-            q = checked_q_values(self._probe.result(timeout=wait), self.n_actions, self.primary.name)
+            q = self._probe.result(timeout=wait)
         except TimeoutError:  # still out: looked at on a later call, unless lost (a future that never resolves)
             if time.monotonic() - self._probe_sent > self.probe_seconds + PROBE_TIMEOUT_SECONDS:
                 self._probe, self._next_probe = None, time.monotonic()
@@ -234,7 +202,7 @@ class FallbackPolicy(Policy):
             return None
         self._probe = None
         self._on_fallback = False
-        self.notice.came_back(self)
+        print("the server answers again: back to remote inference", flush=True)
         return q
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
@@ -242,7 +210,7 @@ class FallbackPolicy(Policy):
             q = self._probed(frames)
             return self.fallback.q_values(frames) if q is None else q
         try:
-            return checked_q_values(self.primary.q_values(frames), self.n_actions, self.primary.name)
+            return self.primary.q_values(frames)
         except InferenceError as e:
             self._fail(e)
             return self.fallback.q_values(frames)

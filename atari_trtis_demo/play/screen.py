@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,6 +17,16 @@ ATARI_SIZE = (160, 210)  # width, height of the ALE screen
 RECORD_EVERY = 2  # agent steps per recorded GIF frame: keeps files small
 DEFAULT_SCALE = 3.0  # window size as a multiple of ATARI_SIZE (--rendering_scale)
 QUIT, PAUSE = "quit", "pause"  # what the player asked for, from :meth:`Screen.commands`
+
+
+@dataclass
+class View:
+    """One moment of play as a window shows it: every game's RGB screen and label, the overlay, a warning."""
+
+    screens: list[np.ndarray]  # (210, 160, 3) uint8 each
+    labels: list[str]
+    overlay: list[str]
+    warning: str | None = None
 
 
 class Screen:
@@ -152,6 +163,10 @@ class Screen:
             self.surface.blit(label, ((self.surface.get_width() - label.get_width()) // 2, y))
             y += label.get_height() + 4
         pg.display.flip()
+
+    def show(self, view: View, step: int) -> None:
+        """Draw ``view`` (its one game), and record it every RECORD_EVERY steps."""
+        self.draw(view.screens[0], view.overlay, view.warning, step)
 
     def draw(self, rgb: np.ndarray, overlay: list[str], warning: str | None, step: int) -> None:
         if not self.draws:

@@ -36,7 +36,7 @@ class WorkerReport:
     games: list[GameRecord]
     episodes: list[EpisodeStats]
     staleness: list[int]
-    round_trips: list[float]  # seconds, every request of every game: the parent's percentiles cover them all
+    round_trips: list[float]  # seconds, every wave of this worker: the parent's percentiles cover them all
     requests: int
     seconds: float
     outage: OutageStats
@@ -48,13 +48,11 @@ class WorkerReport:
     cpu_seconds: float = 0.0  # this worker's user + system CPU while playing (from the start to its report)
 
 
-def worker_report(result: PlayResult, cpu_seconds: float) -> WorkerReport:
+def worker_report(result: PlayResult) -> WorkerReport:
     """What a worker sends back of its ``result``: plain data, raw round trips."""
     games = [GameRecord(g.to_json(), list(g.finished_scores)) for g in result.games]
-    round_trips: list[float] = []
-    for g in result.games:
-        # Raw round trips, not a summary: percentiles of percentiles would be wrong.
-        round_trips.extend(LatencyStats.merged([g.policy.latency])._seconds)
+    # Raw round trips, not a summary: percentiles of percentiles would be wrong.
+    round_trips = list(LatencyStats.merged([result.round_trips])._seconds) if result.round_trips else []
     return WorkerReport(
         games=games,
         episodes=list(result.episodes),
@@ -68,7 +66,7 @@ def worker_report(result: PlayResult, cpu_seconds: float) -> WorkerReport:
         stopped_by_user=result.stopped_by_user,
         policy=result.policy,
         mode=result.mode,
-        cpu_seconds=cpu_seconds,
+        cpu_seconds=result.cpu_seconds,
     )
 
 

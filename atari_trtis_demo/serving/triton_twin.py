@@ -19,6 +19,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from atari_trtis_demo.core.contract import REQUEST_BATCH_KEY
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.model_repository import CONFIG_FILENAME, DEFAULT_FILENAMES, MODEL_FILENAME, RepositoryModel
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
@@ -62,7 +63,7 @@ def twin_config(model: RepositoryModel) -> str:
     # The model's own parameters (its game, "env_id") are copied above and reach clients
     # through Triton's ModelConfig; these tell the twin what to run.
     twin.parameters["onnx_file"].string_value = model.config.default_model_filename or MODEL_FILENAME
-    twin.parameters["max_batch_size"].string_value = str(model.config.max_batch_size)
+    twin.parameters[REQUEST_BATCH_KEY].string_value = str(model.config.max_batch_size)
     # Triton may merge up to TWIN_BATCH_FACTOR times the model's limit into one execution;
     # the twin runs onnxruntime on at most the model's limit at once and refuses larger requests.
     twin.max_batch_size = model.config.max_batch_size * TWIN_BATCH_FACTOR
