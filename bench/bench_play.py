@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from atari_trtis_demo.convert.onnx_export import convert
-from atari_trtis_demo.play.game import PlayConfig, play
 from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.play.play_loop import play_games
+from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.play_stats import LatencyStats
 from atari_trtis_demo.play.policies import LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serving.serve import serving
@@ -39,7 +40,7 @@ class RandomPolicy(Policy):
         self.rng = np.random.default_rng(0)
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
-        return self.rng.random(self.n_actions)
+        return self.rng.random((len(frames), self.n_actions))
 
 
 class OnnxRuntimePolicy(Policy):
@@ -54,7 +55,7 @@ class OnnxRuntimePolicy(Policy):
         self.n_actions, self.latency = 4, LatencyStats()
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"input": frames[None]})[0][0]
+        return self.session.run(None, {"input": frames})[0]
 
 
 def main() -> None:
@@ -100,7 +101,7 @@ def main() -> None:
                     done, seconds = 0, 0.0
                     while done < args.steps:
                         config.max_steps = args.steps - done
-                        result = play(policy, config)
+                        result = play_games(policy, 1, config)
                         done += result.steps
                         seconds += result.seconds
                         if not sync:

@@ -283,7 +283,7 @@ def test_many_games_fall_back_together_and_say_so_once(agents: dict[str, Path], 
 def test_async_games_through_one_client_share_one_wave_per_step(server) -> None:
     """Two games ask together: every wave's round trip counts once overall and once for each game in it."""
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
-        result = play_games(RemotePolicy(client), 2, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=20))
+        result = play_games(RemotePolicy(client), 2, PlayConfig(env_id=ENV_ID, headless=True, fps=30, max_steps=60))
     assert result.error is None and len(result.games) == 2
     counts = [g.to_json()["latency_ms"]["count"] for g in result.games]
     assert counts == [result.latency["count"]] * 2 and 0 < result.latency["count"] <= client.stats.summary()["count"]

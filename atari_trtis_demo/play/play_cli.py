@@ -36,7 +36,8 @@ class RemoteOptions:
     model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
     tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
-    games: int = flag(1, type=int_in(1, 1024), help="play N games at once, a grid in the window")
+    # 256: what a 2-core machine starts in about a minute (each game loads its ROM twice, 0.1 s each time).
+    games: int = flag(1, type=int_in(1, 256), help="play N games at once, a grid in the window")
     workers: int = flag(
         1,
         type=int_in(1, 64),

@@ -7,8 +7,9 @@ for all its games that play on (a wave: one request, or as few as the model's ba
 limit allows) and gives each game the action of its own row; while one bank's wave is
 on the server, another's emulators step.
 
-``sync``: a bank steps on its wave's answer, and asks again as soon as its new frames
-are in (the answer is then ready for the next tick); asynchronous: each bank keeps at
+``sync``: a bank steps on its wave's answer; several banks ask again as soon as their
+new frames are in (the answer is then ready for the next tick), one bank asks with a
+plain blocking call at the start of the tick; asynchronous: each bank keeps at
 most one wave in flight, always made from its newest frames, and its games play their
 last answered action (NOOP until the first).
 
@@ -65,6 +66,7 @@ class PlayLoop:
             screenshot=config.screenshot,
         )  # fmt: skip
         self.banks: list[Bank] = []
+        self.round_trips = LatencyStats()  # every wave's, recorded as the loop takes its answer
         try:
             self.make_banks()
         except BaseException:
@@ -97,7 +99,7 @@ class PlayLoop:
             envs: GameBank = kind(
                 config.env_id, size, epsilon=config.epsilon, seeds=seeds, fire_on_life_loss=config.fire_on_life_loss
             )
-            self.banks.append(Bank(games, envs))
+            self.banks.append(Bank(games, envs, self.round_trips))
             check_action_count(self.policy.name, self.policy.n_actions, envs.n_actions, config.env_id)
             offset += size
             self.progress("creating", offset, since)
@@ -140,11 +142,36 @@ class PlayLoop:
             return False
         except Exception as e:  # an answer the client itself could not read
             raise BadResponse(f"{self.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
-        bank.answered(q, now - bank.asked_time, staleness=not self.config.sync)
+        # The future's own callback notes when it came; it runs just after done() turns true, so maybe not yet.
+        came = bank.answered_time if bank.answered_time >= bank.asked_time else now
+        bank.answered(q, came - bank.asked_time, staleness=not self.config.sync)
+        self.outage.answered(now)
+        return True
+
+    def answer_now(self, bank: Bank) -> bool:
+        """Ask for ``bank``'s actions and wait for them (a plain blocking call); False when the server is away."""
+        asked = time.monotonic()
+        try:
+            q = bank.ask_and_wait(self.policy, asked)
+        except InferenceError as e:
+            self.outage.failed(e, time.monotonic())
+            return False
+        except Exception as e:  # an answer the client itself could not read
+            raise BadResponse(f"{self.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
+        now = time.monotonic()
+        bank.answered(q, now - asked, staleness=False)
         self.outage.answered(now)
         return True
 
     def tick_sync(self, banks: list[Bank]) -> None:
+        if len(self.banks) == 1 and not self.outage.active:
+            # One bank and a server that answers: a plain blocking call, the shortest round trip (a future
+            # costs a hand-over between threads each way), and no other bank to step meanwhile.
+            bank = banks[0]
+            if self.answer_now(bank):
+                bank.step()
+                bank.finish_step(self.clock(), flag_stale=False)
+            return
         now = time.monotonic()
         for bank in banks:
             if bank.wave is None:  # the first tick, or asking again after a failure
@@ -167,7 +194,7 @@ class PlayLoop:
                 break
         for bank in stepping:
             bank.finish_step(self.clock(), flag_stale=False)
-            if bank.playing:  # the next wave goes out now: its answer is ready when the next tick comes
+            if bank.playing and len(self.banks) > 1:  # the next wave goes out now: ready when the next tick comes
                 bank.ask(self.policy, time.monotonic())
 
     def tick_async(self, banks: list[Bank]) -> None:
@@ -193,7 +220,9 @@ class PlayLoop:
         screens = [screen for bank in self.banks for screen in bank.envs.screens()]
         labels = [f"{g.index + 1}: {g.score:g}" for g in self.games]
         warning = away or ("LOCAL FALLBACK" if self.policy.on_fallback else None)
-        return View(screens, labels, self.overlay.text(self.games, self.policy, self.mode, elapsed), warning)
+        return View(
+            screens, labels, self.overlay.text(self.games, self.policy, self.round_trips, self.mode, elapsed), warning
+        )
 
     def game_over(self) -> None:
         ended_by_cap = all(g.episodes and g.episodes[-1].end == STEP_LIMIT for g in self.games)
@@ -244,13 +273,11 @@ class PlayLoop:
                 g.done, g.seconds = True, g.seconds or r.seconds
             r.episodes.extend(g.episodes)
             r.staleness.extend(g.staleness)
-            # Round trips as of now: an async answer may still land after play ended.
-            g.frozen_latency = LatencyStats.merged([g.latency]).summary()
         r.games = self.games
         r.steps = sum(e.steps for e in r.episodes)
         r.requests = sum(g.requests for g in self.games)
-        r.round_trips = LatencyStats.merged([self.policy.latency])
-        r.latency = r.round_trips.summary()
+        r.round_trips = self.round_trips
+        r.latency = self.round_trips.summary()
         r.fallback_switches = self.policy.fallback_switches
         return r
 
@@ -265,7 +292,11 @@ def play_games(
     (which stays ``config.game_over_seconds``, or until a key, where a key can come).
     """
     check_record_path(config.record)
-    loop = PlayLoop(policy, n, config)
+    try:
+        loop = PlayLoop(policy, n, config)
+    except KeyboardInterrupt:  # Ctrl-C or Esc while the games' emulators load
+        print(f"stopped while starting {n} game{'s' if n > 1 else ''}: nothing played", flush=True)
+        return PlayResult(mode="sync" if config.sync else "async", policy=policy.name, stopped_by_user=True)
     try:
         loop.play()
         result = loop.summarise()

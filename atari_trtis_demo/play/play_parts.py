@@ -104,7 +104,6 @@ class Game:
     finished_scores: list[float] = field(default_factory=list)  # episodes played to their end (or the cap)
     staleness: list[int] = field(default_factory=list)
     latency: LatencyStats = field(default_factory=LatencyStats)  # its waves' round trips
-    frozen_latency: dict[str, float] | None = None  # the round trips as of the end of play
     answered_at: int | None = None  # async: the step of the frames behind the last answered action
 
     @property
@@ -136,7 +135,7 @@ class Game:
             "seconds": self.seconds,
             "steps_per_second": steps / self.seconds if self.seconds > 0 else 0.0,
             "requests": self.requests,
-            "latency_ms": self.latency.summary() if self.frozen_latency is None else self.frozen_latency,
+            "latency_ms": self.latency.summary(),
             "staleness_steps": staleness_summary(self.staleness),
         }
 
@@ -149,26 +148,42 @@ class Bank:
     action of its own row.
     """
 
-    def __init__(self, games: list[Game], envs: GameBank) -> None:
+    def __init__(self, games: list[Game], envs: GameBank, round_trips: LatencyStats) -> None:
         self.games, self.envs = games, envs
+        self.round_trips = round_trips  # every bank's waves (the loop's), each once
         self.actions = np.zeros(len(games), np.int64)  # async: the last answered actions (NOOP until the first)
         self.wave: concurrent.futures.Future | None = None
         self.rows: list[int] = []  # the games (local indices) of the wave in flight
         self.asked: list[tuple[int, int]] = []  # (episode, step) of each of them when it was asked
         self.asked_time = 0.0
+        self.answered_time = 0.0  # when the wave in flight was answered (its future done)
 
     @property
     def playing(self) -> bool:
         return any(not g.done for g in self.games)
 
-    def ask(self, policy: Policy, now: float) -> None:
+    def _wave(self, now: float) -> np.ndarray:
+        """The scaled stacks of the games that play on, noted as asked at ``now``."""
         self.rows = [i for i, g in enumerate(self.games) if not g.done]
-        frames = scale_observation(self.envs.stacks[self.rows])
-        self.wave = policy.q_values_async(frames)
         self.asked = [(len(self.games[i].episodes), self.games[i].steps) for i in self.rows]
         self.asked_time = now
         for i in self.rows:
             self.games[i].requests += 1
+        return scale_observation(self.envs.stacks[self.rows])
+
+    def ask(self, policy: Policy, now: float) -> None:
+        """Send the wave; its answer is looked at later (:attr:`wave`), its round trip ends when it came."""
+        self.wave = wave = policy.q_values_async(self._wave(now))
+
+        def came(done: concurrent.futures.Future) -> None:
+            if done is self.wave:
+                self.answered_time = time.monotonic()
+
+        wave.add_done_callback(came)
+
+    def ask_and_wait(self, policy: Policy, now: float) -> np.ndarray:
+        """Send the wave and wait for its Q-values (the policy's errors are raised)."""
+        return policy.q_values(self._wave(now))
 
     def drop_wave(self) -> None:
         if self.wave is not None:
@@ -178,6 +193,7 @@ class Bank:
     def answered(self, q: np.ndarray, round_trip: float, staleness: bool) -> None:
         """The wave's Q-values: each game's greedy action, its round trip and (async) how old its frames are."""
         self.wave = None
+        self.round_trips.record(round_trip)
         for row, i in enumerate(self.rows):
             g = self.games[i]
             g.latency.record(round_trip)
@@ -236,7 +252,7 @@ class Overlay:
         self.lines: list[str] = []
         self.at = 0.0
 
-    def text(self, games: list[Game], policy: Policy, mode: str, elapsed: float) -> list[str]:
+    def text(self, games: list[Game], policy: Policy, waves: LatencyStats, mode: str, elapsed: float) -> list[str]:
         steps = sum(e.steps for g in games for e in g.episodes) + sum(g.steps for g in games if not g.done)
         if len(games) == 1:
             g = games[0]
@@ -245,7 +261,7 @@ class Overlay:
         now = time.monotonic()
         if not self.lines or now - self.at >= OVERLAY_SECONDS:
             self.at = now
-            lat = policy.latency.summary()
+            lat = waves.summary()
             stacks = sum(g.requests for g in games)
             self.lines = [
                 f"{len(games)} games   {steps / elapsed / len(games):.1f} steps/s per game   {mode.upper()}",
