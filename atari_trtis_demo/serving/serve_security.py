@@ -32,12 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import (
+    ADMIN_HEADER,
+    ADMIN_KEY_ENV,
+    GRPC_HEADER_PREFIX,
+    PLAYER_HEADER,
+    PLAYER_KEY_ENV,
+    check_key,
+)
 
-ADMIN_HEADER = "atari-admin-key"
-PLAYER_HEADER = "atari-demo-key"
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # what Triton 2.51 prepends to a restricted gRPC header
-ADMIN_KEY_ENV = "ATARI_DEMO_ADMIN_KEY"
-PLAYER_KEY_ENV = "ATARI_DEMO_KEY"
 ADMIN_KEY_FILE = "admin-key"  # in serve's workdir (mode 0700), itself mode 0600
 ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "logging", "trace")
 PLAYER_PROTOCOLS = ("metadata", "model-config", "inference", "statistics")
@@ -52,15 +55,6 @@ def player_metadata(environ: dict[str, str] | None = None) -> list[tuple[str, st
     """What a player sends on every gRPC call: the players' key from ``ATARI_DEMO_KEY``, or nothing when unset."""
     key = (os.environ if environ is None else environ).get(PLAYER_KEY_ENV)
     return [grpc_metadata(PLAYER_HEADER, key)] if key else []
-
-
-def check_key(name: str, value: str) -> str:
-    """A key usable in a header and on Triton's command line, or one line naming the variable."""
-    if not value:
-        raise UserError(f"{name} is set but empty: give it a secret value (or unset it)")
-    if not all(33 <= ord(c) <= 126 for c in value) or any(c in value for c in ",:="):
-        raise UserError(f"{name}: use printable ASCII without spaces, ',', ':' or '=' (a header value)")
-    return value
 
 
 @dataclass(frozen=True)
@@ -192,3 +186,4 @@ def check_tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | No
             raise UserError(f"{flag} {name}: not a PEM file with a {marker.decode().lower()}")
         paths.append(path.resolve())
     return paths[0], paths[1]
+
