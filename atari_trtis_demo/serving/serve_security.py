@@ -28,6 +28,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +188,37 @@ def check_tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | No
         paths.append(path.resolve())
     return paths[0], paths[1]
 
+
+SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"), (stat.S_ISSOCK, "socket"))
+
+
+def check_repository_files(repository: str | Path) -> None:
+    """Only regular files, directories and symbolic links that stay inside: what ``serve`` copies and
+    Triton loads; else one line naming the entry.
+
+    A repository is code (a python-backend model runs as the server's user), so it must be
+    the owner's own; these checks stop the accidents that hung or filled serve's temp folder:
+    a FIFO blocks the copy, a link to ``/dev/zero`` never ends it, and a version directory
+    linked outside the repository serves whatever it points to.
+    """
+    root = Path(repository)
+    if not root.is_dir():
+        return  # read_repository names it
+    top = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                continue
+            kind = next((kind for test, kind in SPECIAL_FILES if test(mode)), None)
+            if kind:
+                raise UserError(f"{path}: a {kind} in the model repository; serve takes regular files and folders only")
+            if stat.S_ISLNK(mode):
+                target = path.resolve()
+                if target != top and top not in target.parents:
+                    raise UserError(
+                        f"{path}: a symbolic link leaving the model repository (to {target}); copy what it "
+                        "points to into the repository"
+                    )
