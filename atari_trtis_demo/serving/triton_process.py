@@ -124,8 +124,8 @@ class TritonServer:
             return self.log_pump.text() if self.log_pump is not None else ""
 
     def keep_log(self) -> str:
-        """Keep a copy of Triton's log for the owner beside the workdir (the temp folder the user chose),
-        readable by this user only: ":meth:`stop` removes the workdir. Says where, or that there was no room."""
+        """Keep a copy of Triton's log for the owner (:meth:`stop` removes the workdir): beside the workdir,
+        in the temp folder the user chose, readable by this user only. Says where, or why there is none."""
         try:
             fd, kept = tempfile.mkstemp(prefix="tritonserver-failed-", suffix=".log", dir=self.workdir.parent)
         except OSError as e:
