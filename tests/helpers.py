@@ -126,6 +126,30 @@ def serving_on_free_ports(repository: Path, grpc_port: int | None = None, **kwar
     return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics, **kwargs)
 
 
+def start_serve(repository: Path, stderr_file: Path, *flags: str) -> tuple[subprocess.Popen, int, int, str]:
+    """``serve`` (plus ``flags``) on free ports, read up to its 'Triton log:' line, stderr into ``stderr_file``:
+    (process, gRPC port, HTTP port, workdir)."""
+    http, grpc_port, metrics = free_ports(3)
+    proc = start_command(
+        SERVE, "--model-repository", str(repository),
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics), *flags,
+        stdout=subprocess.PIPE, stderr=stderr_file.open("w"),
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("Triton log:"):
+            return proc, grpc_port, http, str(Path(line.split()[2].rstrip(";")).parent)
+    raise AssertionError(f"serve did not start: {stderr_file.read_text()[-2000:]}")
+
+
+def tritonserver_pid(workdir: str) -> int:
+    """The tritonserver running from ``workdir`` (serve's workdir)."""
+    from atari_trtis_demo.serving.triton_workdir import processes_using
+
+    return next(
+        pid for pid in processes_using(workdir) if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"
+    )
+
+
 def run_python_stdlib_only(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter that can import the standard library and this checkout, nothing else.
 
@@ -160,27 +184,6 @@ def stock_chainerrl_dqn(n_actions: int, epsilon: float = 0.1):
     optimizer.setup(q_function)
     explorer = explorers.ConstantEpsilonGreedy(epsilon, lambda: 0)
     return agents.DQN(q_function, optimizer, replay_buffer.ReplayBuffer(100), 0.99, explorer, replay_start_size=32)
-
-
-def shm_regions() -> set[str]:
-    """The python backend's regions in /dev/shm right now (every server's on this machine)."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith("triton_python_backend_shm_region_")}
-
-
-def leftover_shm_regions(before: set[str]) -> set[str]:
-    """Regions made since ``before`` that no live process maps any more: what a dead server left behind.
-
-    Regions of servers still running (other tests', other users') are mapped by their stubs, so
-    the check holds on a machine where other servers come and go.
-    """
-    mapped = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/maps") as maps:
-                mapped.update(line.rsplit("/dev/shm/", 1)[1].split()[0] for line in maps if "/dev/shm/triton_" in line)
-        except OSError:
-            continue
-    return {name for name in shm_regions() - before if name not in mapped}
 
 
 class FakeAtariModel(GRPCInferenceServiceServicer):

@@ -6,7 +6,8 @@
   ``play`` never import ``train`` or ``convert``; ``convert`` may import ``train`` (it loads the
   agent). The one exception: the play side's local Chainer policy imports ``train.agent`` inside
   the function that builds it.
-- The model's I/O contract (``core.contract``) and the game id (``core.game_id``) need the standard library only.
+- The model's I/O contract (``core.contract``), the game id (``core.game_id``) and the keys (``core.keys``,
+  shared by serve and player) need the standard library only.
 - Serving and the inference client need neither Chainer, cv2, gymnasium nor the ALE: they import
   with those blocked, in a fresh interpreter (as in a client-only or server-only install).
 - The package has no import cycle, and the Triton twin imports nothing of the package.
@@ -49,7 +50,7 @@ LAZY_EXCEPTIONS = {("play.policies", "train.agent")}
 GYM_SIDE = {"core.envs", "core.atari_wrappers"}
 WITHOUT_GYM_OUTSIDE_SERVING = {
     "core.contract", "core.errors", "core.atomic", "core.game_id", "core.cli_args", "core.model_repository",
-    "core.model_config", "core.typed_flags",
+    "core.model_config", "core.typed_flags", "core.keys",
     "play.inference_client", "play.play_stats",
 }  # fmt: skip
 # Blocked when serving and the client are imported: the training stack and the games.
@@ -177,16 +178,16 @@ def test_imports_only_run_downward(graph: dict[str, list[Import]]) -> None:
     assert not wrong, "imports against the dependency rule:\n" + "\n".join(wrong)
 
 
-def test_contract_and_game_id_need_only_the_standard_library() -> None:
+def test_contract_game_id_and_keys_need_only_the_standard_library() -> None:
     result = run_python_stdlib_only(
         "import importlib.util\n"
         "assert importlib.util.find_spec('numpy') is None, 'third-party packages must be unreachable here'\n"
-        "from atari_trtis_demo.core import contract, game_id\n"
+        "from atari_trtis_demo.core import contract, game_id, keys\n"
         "assert game_id.ENV_ID_KEY == contract.ENV_ID_KEY\n"
-        "print(contract.FRAME_STACK_SHAPE, game_id.resolve_env_id(None, None, 'nowhere'))\n"
+        "print(contract.FRAME_STACK_SHAPE, game_id.resolve_env_id(None, None, 'nowhere'), keys.check_key('K', 'k'))\n"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "(4, 84, 84) BreakoutNoFrameskip-v4"
+    assert result.stdout.strip() == "(4, 84, 84) BreakoutNoFrameskip-v4 k"
 
 
 def test_every_stage_takes_the_contract_from_one_place() -> None:
@@ -272,3 +273,15 @@ def test_the_triton_twin_needs_nothing_of_this_package(graph: dict[str, list[Imp
 def test_the_contract_imports_nothing_but_the_standard_library(graph: dict[str, list[Import]]) -> None:
     imported = {i.target.split(".")[0] for i in graph["core.contract"]}
     assert imported <= set(sys.stdlib_module_names), imported
+
+
+def test_serve_and_the_player_take_the_key_names_and_check_from_core_keys() -> None:
+    """One key validator and one set of names (issue 25): serve's and the player's are the very same objects."""
+    from atari_trtis_demo.core import keys
+    from atari_trtis_demo.play import client_channel
+    from atari_trtis_demo.serving import serve_security
+
+    assert serve_security.check_key is keys.check_key is client_channel.check_key
+    assert (client_channel.KEY_ENV, client_channel.KEY_HEADER) == (keys.PLAYER_KEY_ENV, keys.PLAYER_HEADER)
+    assert client_channel.TRITON_KEY_HEADER == keys.PLAYER_GRPC_HEADER == "triton-grpc-protocol-atari-demo-key"
+    assert (serve_security.ADMIN_HEADER, serve_security.ADMIN_KEY_ENV) == (keys.ADMIN_HEADER, keys.ADMIN_KEY_ENV)

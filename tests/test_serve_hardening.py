@@ -29,11 +29,11 @@ from helpers import (
     REMOTE,
     SERVE,
     free_ports,
-    leftover_shm_regions,
     one_error_line,
     run_command,
-    shm_regions,
     start_command,
+    start_serve,
+    tritonserver_pid,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -276,20 +276,6 @@ def test_triton_runs_with_the_hard_open_file_limit(server) -> None:
 # --- 5: a dying Triton is restarted; a wedged one is stopped -------------------------------------------------------
 
 
-def start_serve(repository: Path, stderr_file: Path) -> tuple[subprocess.Popen, int, int, str]:
-    """``serve`` on free ports, read up to its 'Triton log:' line: (process, gRPC port, HTTP port, workdir)."""
-    http, grpc_port, metrics = free_ports(3)
-    proc = start_command(
-        SERVE, "--model-repository", str(repository),
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
-        stdout=subprocess.PIPE, stderr=stderr_file.open("w"),
-    )  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("Triton log:"):
-            return proc, grpc_port, http, str(Path(line.split()[2].rstrip(";")).parent)
-    raise AssertionError(f"serve did not start: {stderr_file.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def served(repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A ``serve`` command running for this module's restart tests, stderr in a file."""
@@ -300,12 +286,6 @@ def served(repository: Path, tmp_path_factory: pytest.TempPathFactory):
     proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr.read_text()[-2000:]
     assert processes_using(workdir) == [] and not Path(workdir).exists()
-
-
-def tritonserver_pid(workdir: str) -> int:
-    return next(
-        pid for pid in processes_using(workdir) if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"
-    )
 
 
 def test_kill_9_of_tritonserver_is_healed_on_the_same_port_and_its_shm_removed(served) -> None:
@@ -425,10 +405,13 @@ def test_sigterm_stops_a_wedged_server_in_under_5_s_leaving_nothing(repository: 
 
 
 def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, capsys: pytest.CaptureFixture) -> None:
-    """With a limit of 2 to keep it short: the second death is not restarted, exit code 1."""
-    regions_before = shm_regions()
+    """With a limit of 2 to keep it short: the second death is not restarted, exit code 1.
+
+    Checks only this server's regions (its workdir's prefix): other servers on the machine come and go.
+    """
     http, grpc_port, metrics = free_ports(3)
     server = start_server(repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
+    assert server.shm_regions, "the twin's stub has its region"
     said: list[str] = []
     result: list[int] = []
     watcher = threading.Thread(
@@ -439,10 +422,11 @@ def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, cap
         for _ in range(2):
             dying = server.process
             dying.kill()
-            deadline = time.monotonic() + 30
+            # A restart on a loaded machine can take a minute: wait for the new process, not a time.
+            deadline = time.monotonic() + 180
             while server.process is dying and watcher.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        watcher.join(30)
+        watcher.join(180)
         assert result == [1]
         assert any("tritonserver was killed by SIGKILL; restarting" in s for s in said), said
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -450,5 +434,5 @@ def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, cap
     finally:
         server.stop()
     assert not server.workdir.exists()
-    assert not leftover_shm_regions(regions_before), "every dead server's /dev/shm regions are removed"
+    assert not server.shm_regions, "every dead server's /dev/shm regions are removed"
     Path(errors[0].rsplit("Triton's log: ", 1)[1].rstrip(")")).unlink()  # the copy kept for the owner

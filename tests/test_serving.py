@@ -21,11 +21,9 @@ from helpers import (
     SERVED,
     assert_runs_without_chainer,
     free_ports,
-    leftover_shm_regions,
     one_error_line,
     run_command,
     serving_on_free_ports,
-    shm_regions,
     start_command,
 )
 from tritonclient.utils import InferenceServerException
@@ -43,7 +41,7 @@ from atari_trtis_demo.play.inference_client import (
 )
 from atari_trtis_demo.serving.serve import processes_using, read_repository
 from atari_trtis_demo.serving.triton_twin import TWIN_BATCH_FACTOR
-from atari_trtis_demo.serving.triton_workdir import SHM_DIR, shm_regions_of
+from atari_trtis_demo.serving.triton_workdir import SHM_DIR, make_workdir, shm_regions_of
 
 
 def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
@@ -435,7 +433,8 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
     from atari_trtis_demo.serving import serve
 
     monkeypatch.setattr(serve, "check_ports", lambda address, ports: None)
-    regions_before = shm_regions()
+    made: list[Path] = []  # the start's workdir, whose prefix names its regions
+    monkeypatch.setattr(serve, "make_workdir", lambda: made.append(make_workdir()) or made[-1])
     http, grpc_port, metrics = free_ports(3)
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", grpc_port))
@@ -446,8 +445,9 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
     assert f"port {grpc_port} is in use on 127.0.0.1" in message and "NVML" not in message, message
     log = Path(message.rsplit("Triton's log: ", 1)[1].rstrip(")"))
     assert log.is_file() and f"127.0.0.1:{grpc_port}" in log.read_text()
+    assert log.stat().st_mode & 0o777 == 0o600 and log.parent == made[0].parent, "the owner's, beside the workdir"
     log.unlink()
-    assert not leftover_shm_regions(regions_before), "the failed start's stubs left no /dev/shm region"
+    assert made and not shm_regions_of(made[0]), "the failed start's stubs left no /dev/shm region"
 
 
 def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repository: Path) -> None:

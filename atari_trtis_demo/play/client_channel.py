@@ -17,14 +17,10 @@ from pathlib import Path
 import grpc
 
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import PLAYER_GRPC_HEADER, PLAYER_HEADER, PLAYER_KEY_ENV, check_key
 
-# The player's key: read from this variable, sent as this gRPC header. Triton's own check of
-# --grpc-restricted-protocol=...:atari-demo-key=VALUE looks for the header with its gRPC prefix
-# (measured on tritonserver 2.51: it answers "expecting header 'triton-grpc-protocol-atari-demo-key'"),
-# so the key goes under both names.
-KEY_ENV = "ATARI_DEMO_KEY"
-KEY_HEADER = "atari-demo-key"
-TRITON_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER
+# The player's key: read from this variable, sent under both header names (core.keys says why).
+KEY_ENV, KEY_HEADER, TRITON_KEY_HEADER = PLAYER_KEY_ENV, PLAYER_HEADER, PLAYER_GRPC_HEADER
 # A restarted server should be found again within about a second, not after gRPC's
 # default backoff of up to two minutes.
 # serve closes every connection after 2 s (a stream flood cannot hold the server): a call
@@ -79,18 +75,25 @@ def read_root_certificate(path: str | Path, flag: str = "--tls-ca") -> bytes:
 def player_key(key: str | None = None) -> str | None:
     """The key to send: ``key`` if given, else ``$ATARI_DEMO_KEY``; None when empty or unset.
 
-    A key that cannot be a gRPC header value is one line naming the variable, not the key.
+    A key ``serve`` would refuse (its syntax, its length: :func:`core.keys.check_key`) is one
+    line naming the variable, not the key.
     """
     value = os.environ.get(KEY_ENV) if key is None else key
-    if not value:
-        return None
-    if value != value.strip() or not all(" " <= c <= "~" for c in value):
-        raise UserError(f"{KEY_ENV}: the key must be printable ASCII (no spaces at either end, no control characters)")
-    return value
+    return check_key(KEY_ENV, value) if value else None
+
+
+def loopback_host(host: str) -> str:
+    """``host``, with ``localhost`` replaced by the loopback address ``serve`` listens on, 127.0.0.1.
+
+    gRPC tries every address of a name, ::1 first: serve does not listen there, so any local
+    user listening on [::1] at serve's port got the player's frames and its key.
+    """
+    return "127.0.0.1" if host.lower().rstrip(".") == "localhost" else host
 
 
 def grpc_target(host: str, port: int) -> str:
-    """``host:port`` as gRPC takes it: an IPv6 literal in brackets."""
+    """``host:port`` as gRPC takes it: an IPv6 literal in brackets, ``localhost`` as 127.0.0.1."""
+    host = loopback_host(host)
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 

@@ -31,7 +31,7 @@ REMOTE_ONLY = ("sync", "reconnect", "request_timeout")
 class RemoteOptions:
     """src/app.py's own flags beside :class:`PlayConfig`'s: where the server is, and how many games."""
 
-    host: str = flag("localhost", help="the inference server")
+    host: str = flag("127.0.0.1", help="the inference server")
     port: int = flag(8001, type=port, help="its gRPC port")
     model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import os
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ from atari_trtis_demo.serving.serve_security import (
     PLAYER_HEADER,
     PLAYER_KEY_ENV,
     Access,
+    check_repository_files,
     check_tls_files,
     http_address,
     is_loopback,
@@ -56,8 +58,10 @@ from atari_trtis_demo.serving.triton_twin import prepare_python_backend, prepare
 from atari_trtis_demo.serving.triton_workdir import (
     LOG_FILE,
     clean_stale_workdirs,
+    close_to_others,
     make_workdir,
     processes_using,  # noqa: F401 - re-exported: tests/test_serving.py
+    shm_prefix,
 )
 
 # Every gRPC connection is closed after this long (see start_server): what one unread stream can hold.
@@ -110,25 +114,28 @@ def start_server(
     access: Access | None = None,
     tls: tuple[Path, Path] | None = None,
     expose_http: bool = ServeOptions.expose_http,
+    no_http: bool = ServeOptions.no_http,
     cancelled: Callable[[], bool] | None = None,
 ) -> TritonServer:
     """Start tritonserver on ``repository`` and return once every model is ready.
 
     ``access``: the keys (default: from the environment, see :mod:`serve_security`; the
     admin protocols always need a key). ``tls``: (certificate, key) files for gRPC.
-    HTTP and metrics stay on 127.0.0.1 for a non-loopback ``address`` unless ``expose_http``.
+    HTTP and metrics stay on 127.0.0.1 for a non-loopback ``address`` unless ``expose_http``;
+    ``no_http``: neither listens at all (their ports are not checked).
     ``cancelled`` is polled while waiting: when it turns true the start stops (:class:`StartCancelled`).
     """
     access = access or Access.from_environment()
     address = numeric_address(address)
     web_address = http_address(address, expose_http)
-    ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
-    check_port_numbers(ports)
+    web_ports = {} if no_http else {"--http-port": http_port, "--metrics-port": metrics_port}
+    check_port_numbers({"--grpc-port": grpc_port, **web_ports})
     if web_address == address:
-        check_ports(address, ports)
+        check_ports(address, {"--grpc-port": grpc_port, **web_ports})
     else:
         check_ports(address, {"--grpc-port": grpc_port})
-        check_ports(web_address, {"--http-port": http_port, "--metrics-port": metrics_port})
+        check_ports(web_address, web_ports)
+    check_repository_files(repository)
     models = read_repository(repository)
     for stale in clean_stale_workdirs():
         print(f"removed {stale}, left by a server that was killed", file=sys.stderr, flush=True)
@@ -142,23 +149,34 @@ def start_server(
         else:
             repo, backends = prepare_twin_repository(models, workdir), prepare_python_backend(workdir)
         key_file = access.write_admin_key(workdir)
+        close_to_others(workdir)
         tls_flags = []
         if tls:
             tls_flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={tls[0]}", f"--grpc-server-key={tls[1]}"]
+        web_flags = [
+            f"--http-address={triton_http_address(web_address)}",
+            f"--http-port={http_port}",
+            f"--metrics-address={triton_http_address(web_address)}",
+            f"--metrics-port={metrics_port}",
+        ]
+        if no_http:
+            # This Triton's HTTP server closes no idle connection, and HTTP and gRPC share one table
+            # of open files: idle HTTP connections from one local user locked every player out.
+            web_flags = ["--allow-http=false", "--allow-metrics=false"]
         command = [
             str(binary),
             f"--model-repository={repo}",
             f"--backend-directory={backends}",
-            f"--http-address={triton_http_address(web_address)}",
-            f"--http-port={http_port}",
             f"--grpc-address={triton_address(address)}",
             f"--grpc-port={grpc_port}",
-            f"--metrics-address={triton_http_address(web_address)}",
-            f"--metrics-port={metrics_port}",
+            *web_flags,
             "--exit-on-error=true",
             # In-flight requests get 2 s at SIGTERM: serve kills the rest at 3 s.
             "--exit-timeout-secs=2",
             f"--log-verbose={log_verbose}",
+            # The python backend's regions carry this server's own prefix: its regions are known by
+            # name, to remove when it dies, and no other server's are ever touched.
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix(workdir)}",
             # Triton keeps every streamed request until its answer is written, and a client
             # that never reads lets none be written: one unread ModelStreamInfer stream grew
             # tritonserver past 3 GB in 10 s. Closing every connection after 2 s (1 s of grace
@@ -174,7 +192,7 @@ def start_server(
             None,  # type: ignore[arg-type]  # set by _launch
             address, http_port, grpc_port, metrics_port, [m.name for m in models], workdir, workdir / LOG_FILE,
             http_address=web_address, tls_cert=tls[0] if tls else None, access=access, admin_key_file=key_file,
-            command=command,
+            command=command, serves_http=not no_http,
         )  # fmt: skip
         launch(server)
     except BaseException:
@@ -182,11 +200,12 @@ def start_server(
         raise
     try:
         wait_until_ready(server, ready_timeout, cancelled)
-        server.note_shm_regions()
     except UserError as e:
         kept = server.keep_log()
         server.stop()
-        raise UserError(f"{e} (Triton's log: {kept})") from None
+        # A twin's files are named by the repository's path, not by the workdir's, which is gone now.
+        message = str(e).replace(str(workdir / "repository"), str(repository))
+        raise UserError(f"{message} ({kept})") from None
     except BaseException:
         server.stop()
         raise
@@ -216,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = from_args(ServeOptions, build_parser().parse_args(argv))
+    os.umask(0o077)  # the workdir's files and a kept log are the owner's alone (Triton's too: owner_only)
     access = Access.from_environment()
     if not is_loopback(numeric_address(args.address)):
         if access.player_key is None and not args.no_key:
@@ -252,9 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         web = triton_address(server.http_address)
         for name in server.models:
+            where = f"{web}:{server.http_port} (HTTP), metrics on {web}:{server.metrics_port}"
             print(
                 f"{name} ready at {server.grpc_target} (gRPC{', TLS' if tls else ''}), "
-                f"{web}:{server.http_port} (HTTP), metrics on {web}:{server.metrics_port}",
+                f"{where if server.serves_http else 'no HTTP or metrics (--no-http)'}",
                 flush=True,
             )
         if server.admin_key_file:

@@ -45,6 +45,13 @@ class ServeOptions:
         "Triton's HTTP server has published crashes: CVE-2025-23310, CVE-2025-23311)",
     )
 
+    no_http: bool = flag(
+        False,
+        action="store_true",
+        help="no HTTP or metrics listener at all, gRPC only (this Triton's HTTP server has no idle timeout: "
+        "about 20,000 idle connections from one local user used up its open files)",
+    )
+
     def server_settings(self) -> dict[str, Any]:
         """The fields that are ``serve.start_server``'s keywords of the same name; ``main`` handles the
         repository (positional), the TLS files (checked into a pair) and --no-key (a check, not a setting)."""

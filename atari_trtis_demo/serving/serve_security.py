@@ -28,16 +28,20 @@ import ipaddress
 import os
 import secrets
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import (
+    ADMIN_HEADER,
+    ADMIN_KEY_ENV,
+    GRPC_HEADER_PREFIX,
+    PLAYER_HEADER,
+    PLAYER_KEY_ENV,
+    check_key,
+)
 
-ADMIN_HEADER = "atari-admin-key"
-PLAYER_HEADER = "atari-demo-key"
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # what Triton 2.51 prepends to a restricted gRPC header
-ADMIN_KEY_ENV = "ATARI_DEMO_ADMIN_KEY"
-PLAYER_KEY_ENV = "ATARI_DEMO_KEY"
 ADMIN_KEY_FILE = "admin-key"  # in serve's workdir (mode 0700), itself mode 0600
 ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "logging", "trace")
 PLAYER_PROTOCOLS = ("metadata", "model-config", "inference", "statistics")
@@ -52,15 +56,6 @@ def player_metadata(environ: dict[str, str] | None = None) -> list[tuple[str, st
     """What a player sends on every gRPC call: the players' key from ``ATARI_DEMO_KEY``, or nothing when unset."""
     key = (os.environ if environ is None else environ).get(PLAYER_KEY_ENV)
     return [grpc_metadata(PLAYER_HEADER, key)] if key else []
-
-
-def check_key(name: str, value: str) -> str:
-    """A key usable in a header and on Triton's command line, or one line naming the variable."""
-    if not value:
-        raise UserError(f"{name} is set but empty: give it a secret value (or unset it)")
-    if not all(33 <= ord(c) <= 126 for c in value) or any(c in value for c in ",:="):
-        raise UserError(f"{name}: use printable ASCII without spaces, ',', ':' or '=' (a header value)")
-    return value
 
 
 @dataclass(frozen=True)
@@ -192,3 +187,38 @@ def check_tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | No
             raise UserError(f"{flag} {name}: not a PEM file with a {marker.decode().lower()}")
         paths.append(path.resolve())
     return paths[0], paths[1]
+
+
+SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"), (stat.S_ISSOCK, "socket"))
+
+
+def check_repository_files(repository: str | Path) -> None:
+    """Only regular files, directories and symbolic links that stay inside: what ``serve`` copies and
+    Triton loads; else one line naming the entry.
+
+    A repository is code (a python-backend model runs as the server's user), so it must be
+    the owner's own; these checks stop the accidents that hung or filled serve's temp folder:
+    a FIFO blocks the copy, a link to ``/dev/zero`` never ends it, and a version directory
+    linked outside the repository serves whatever it points to.
+    """
+    root = Path(repository)
+    if not root.is_dir():
+        return  # read_repository names it
+    top = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            try:
+                mode = path.lstat().st_mode
+            except OSError:
+                continue
+            kind = next((kind for test, kind in SPECIAL_FILES if test(mode)), None)
+            if kind:
+                raise UserError(f"{path}: a {kind} in the model repository; serve takes regular files and folders only")
+            if stat.S_ISLNK(mode):
+                target = path.resolve()
+                if target != top and top not in target.parents:
+                    raise UserError(
+                        f"{path}: a symbolic link leaving the model repository (to {target}); copy what it "
+                        "points to into the repository"
+                    )

@@ -4,8 +4,11 @@ One Triton answers every player, so its death (a crash a client provoked, ``kill
 the OOM killer) must not end the service: :func:`supervise` notices it within 0.2 s,
 logs the cause (the signal's name or the exit code, and Triton's last error lines),
 removes the dead server's shared-memory regions and starts a new one after a short
-backoff (0.5, 1, 2, 4 s). Five crashes within five minutes mean something is wrong
-that restarting will not fix: it stops with one ``error:`` line and exit code 1.
+backoff (0.5, 1, 2, 4 s). A Triton that is alive but answers no health check over gRPC
+for :data:`WEDGED_AFTER_S` (stopped, deadlocked, blocked on a full pipe) serves nobody
+either: it is killed and restarted the same way, and counts as a death. Five deaths within
+five minutes mean something is wrong that restarting will not fix: it stops with one
+``error:`` line and exit code 1.
 
 No Chainer here.
 """
@@ -24,7 +27,9 @@ from atari_trtis_demo.serving.triton_workdir import triton_errors
 MAX_CRASHES = 5
 CRASH_WINDOW_S = 300.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # before the 1st, 2nd, 3rd, 4th+ restart within the window
-SHM_RESCAN_S = 5.0  # a stub restarted by Triton gets a new region: noted within this
+HEALTH_EVERY_S = 1.0  # how often Triton is asked whether it is live
+HEALTH_TIMEOUT_S = 2.0  # the deadline of one such call
+WEDGED_AFTER_S = 10.0  # no answer for this long: wedged
 
 
 def _say(message: str) -> None:
@@ -44,20 +49,26 @@ def supervise(
     ready_timeout: float = 120.0,
     max_crashes: int = MAX_CRASHES,
     window: float = CRASH_WINDOW_S,
+    wedged_after: float = WEDGED_AFTER_S,
     say: Callable[[str], None] = _say,
 ) -> int:
-    """Watch ``server`` until ``stopping()``: 0; or until ``max_crashes`` within ``window`` s: 1, told in one line."""
+    """Watch ``server`` until ``stopping()``: 0; or until ``max_crashes`` deaths (a wedge is one) within
+    ``window`` s: 1, told in one line."""
     crashes: deque[float] = deque()
-    next_scan = time.monotonic() + SHM_RESCAN_S
+    answered = next_check = time.monotonic()
     while not stopping():
         if server.process.poll() is None:
-            if time.monotonic() >= next_scan:
-                server.note_shm_regions()
-                next_scan = time.monotonic() + SHM_RESCAN_S
-            time.sleep(0.2)
-            continue
-        cause = describe_exit(server.process.returncode)
-        detail = triton_errors(server.log_path)
+            if time.monotonic() >= next_check:
+                if server.answers_health(HEALTH_TIMEOUT_S):
+                    answered = time.monotonic()
+                next_check = time.monotonic() + HEALTH_EVERY_S
+            if time.monotonic() - answered < wedged_after:
+                time.sleep(0.2)
+                continue
+            # Alive but silent: the restart below kills it (SIGKILL ends a stopped process too).
+            cause, detail = f"answered no health check for {wedged_after:g} s (wedged)", ""
+        else:
+            cause, detail = describe_exit(server.process.returncode), triton_errors(server.log_text())
         now = time.monotonic()
         crashes.append(now)
         while crashes and crashes[0] < now - window:
@@ -66,7 +77,7 @@ def supervise(
             kept = server.keep_log()
             print(
                 f"error: tritonserver died {len(crashes)} times within {window / 60:g} minutes, last it {cause}"
-                f"{': ' + detail if detail else ''}; not restarting it (Triton's log: {kept})",
+                f"{': ' + detail if detail else ''}; not restarting it ({kept})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -88,5 +99,5 @@ def supervise(
             say(f"restart failed: {e}")  # the dead process counts as the next death
             continue
         say(f"tritonserver restarted: ready again after {time.monotonic() - started:.1f} s")
-        next_scan = time.monotonic() + SHM_RESCAN_S
+        answered = next_check = time.monotonic()
     return 0

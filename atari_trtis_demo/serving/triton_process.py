@@ -30,6 +30,7 @@ import grpc
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from atari_trtis_demo.serving.owner_only import restrict_to_owner
 from atari_trtis_demo.serving.serve_security import (
     PLAYER_HEADER,
     Access,
@@ -43,7 +44,6 @@ from atari_trtis_demo.serving.triton_workdir import (
     LogPump,
     claim_workdir,
     processes_using,
-    record_shm_regions,
     remove_shm_regions,
     shm_regions_of,
     triton_errors,
@@ -69,6 +69,9 @@ def _start_child(*, raise_nofile: bool = True) -> None:  # pragma: no cover (run
     # The kernel sends SIGKILL to Triton when the thread that started it dies, even
     # by kill -9: no server outlives `serve` holding its ports.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # What Triton creates is its user's alone: the python backend made its /dev/shm regions,
+    # which carry every player's frames and Q-values, 0644 (readable by any local user).
+    restrict_to_owner()
     if raise_nofile:
         # At the usual soft limit of 1,024, about 1,000 idle connections made Triton log
         # "Error from accept()" at 57 MB/s and refuse everyone else.
@@ -98,33 +101,59 @@ class TritonServer:
     access: Access | None = None
     admin_key_file: Path | None = None
     command: list[str] = field(default_factory=list)
-    shm_regions: set[str] = field(default_factory=set)
     log_pump: LogPump | None = None
+    serves_http: bool = True  # False: --no-http, no HTTP or metrics listener
 
     @property
     def grpc_target(self) -> str:
         return f"{triton_address(self.address)}:{self.grpc_port}"
 
-    def keep_log(self) -> Path:
-        """A copy of Triton's log outside the workdir, which :meth:`stop` removes: readable after a failure."""
-        kept = Path(tempfile.gettempdir()) / f"tritonserver-failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        with contextlib.suppress(OSError):
-            shutil.copyfile(self.log_path, kept)
-        return kept
+    @property
+    def shm_regions(self) -> set[str]:
+        """The python backend's ``/dev/shm`` regions of this server (its workdir's prefix)."""
+        return shm_regions_of(self.workdir)
 
-    def note_shm_regions(self) -> None:
-        """Remember the python backend's regions of this server while its stubs run, to remove them if it dies."""
-        found = shm_regions_of(self.workdir)
-        if not found <= self.shm_regions:
-            self.shm_regions |= found
-            record_shm_regions(self.workdir, self.shm_regions)
+    def log_text(self) -> str:
+        """This Triton's log: the file's current part, or its first lines kept in memory when the
+        file cannot tell (lines dropped on a full disk, the file unreadable)."""
+        if self.log_pump is not None and self.log_pump.dropped:
+            return self.log_pump.text()
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return self.log_pump.text() if self.log_pump is not None else ""
+
+    def keep_log(self) -> str:
+        """Keep a copy of Triton's log for the owner (:meth:`stop` removes the workdir): beside the workdir,
+        in the temp folder the user chose, readable by this user only. Says where, or why there is none."""
+        try:
+            fd, kept = tempfile.mkstemp(prefix="tritonserver-failed-", suffix=".log", dir=self.workdir.parent)
+        except OSError as e:
+            return f"no copy of Triton's log kept: {self.workdir.parent}: {e.strerror}"
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(self.log_text().encode())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(kept)
+            return f"no copy of Triton's log kept: {self.workdir.parent}: {e.strerror}"
+        return f"Triton's log: {kept}"
+
+    def answers_health(self, timeout: float) -> bool:
+        """Whether this Triton answers a liveness call over gRPC within ``timeout`` s (health needs no key)."""
+        channel = _channel(self)
+        try:
+            return GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=timeout).live
+        except grpc.RpcError:
+            return False
+        finally:
+            channel.close()
 
     def _end_process(self, grace: float) -> None:
         """SIGTERM, then after ``grace`` s SIGKILL to Triton's whole process group (its backend stubs too).
 
         SIGKILL also ends a stopped (SIGSTOP) or wedged Triton, which ignores SIGTERM.
         """
-        self.note_shm_regions()  # stubs of a start that never got ready were not noted yet
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
@@ -139,7 +168,6 @@ class TritonServer:
         while processes_using(str(self.workdir)) and time.monotonic() < deadline:
             time.sleep(0.05)
         remove_shm_regions(self.shm_regions)
-        self.shm_regions.clear()
         if self.log_pump:
             self.log_pump.join(0.5)
 
@@ -160,7 +188,6 @@ class TritonServer:
         except BaseException:
             self._end_process(grace=0)
             raise
-        self.note_shm_regions()
 
 
 def launch(server: TritonServer) -> None:
@@ -218,10 +245,9 @@ def wait_until_ready(server: TritonServer, timeout: float, cancelled: Callable[[
     channel = _channel(server)
     stub = GRPCInferenceServiceStub(channel)
     web = server.http_address or server.address
-    listening = [
-        f"Started GRPCInferenceService at {triton_address(server.address)}:{server.grpc_port}",
-        f"Started HTTPService at {triton_http_address(web)}:{server.http_port}",
-    ]
+    listening = [f"Started GRPCInferenceService at {triton_address(server.address)}:{server.grpc_port}"]
+    if server.serves_http:
+        listening.append(f"Started HTTPService at {triton_http_address(web)}:{server.http_port}")
     player = server.access.player_key if server.access else None
     metadata = [grpc_metadata(PLAYER_HEADER, player)] if player else None
     deadline = time.monotonic() + timeout
@@ -230,10 +256,11 @@ def wait_until_ready(server: TritonServer, timeout: float, cancelled: Callable[[
             if cancelled and cancelled():
                 raise StartCancelled()
             if server.process.poll() is not None:
-                log = triton_errors(server.log_path) or "see its log"
+                log = triton_errors(server.log_text()) or "see its log"
                 raise UserError(f"tritonserver {describe_exit(server.process.returncode)} at start: {log}")
             try:
-                log_text = server.log_path.read_text(errors="replace")
+                # The start of this Triton's own output, kept in memory: a full disk cannot hide it.
+                log_text = server.log_pump.text() if server.log_pump else ""
                 if (
                     all(line in log_text for line in listening)
                     and stub.ServerReady(pb.ServerReadyRequest(), timeout=1, metadata=metadata).ready
@@ -246,11 +273,9 @@ def wait_until_ready(server: TritonServer, timeout: float, cancelled: Callable[[
                     return
             except (grpc.RpcError, OSError):
                 pass
-            # Each stub's region, as soon as it exists: a start that fails (a taken port, a kill)
-            # after the models loaded must not leave them in /dev/shm.
-            server.note_shm_regions()
             time.sleep(0.2)
         tls = " over TLS (does --tls-cert name this address?)" if server.tls_cert else ""
-        raise UserError(f"tritonserver did not get ready within {timeout:.0f} s{tls}: {triton_errors(server.log_path)}")
+        reason = triton_errors(server.log_text())
+        raise UserError(f"tritonserver did not get ready within {timeout:.0f} s{tls}: {reason}")
     finally:
         channel.close()
