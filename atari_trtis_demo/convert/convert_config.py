@@ -57,7 +57,7 @@ class ConvertOptions:
     gpu: int = flag(-1, type=int_in(-1), help="accepted for compatibility and ignored: conversion runs on CPU")
     repository: str | None = flag(
         None,
-        help="Triton model repository to write into (default trtismodel; with --pretrained "
+        help="Triton model repository to write into (default: trtismodel; with --pretrained: "
         "results/pretrained/<ENV>/trtismodel)",
     )
     name: str = flag(DEFAULT_MODEL_NAME, type=model_name, help="model name in the repository (letters, digits, _ - .)")

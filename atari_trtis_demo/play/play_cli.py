@@ -19,6 +19,8 @@ from atari_trtis_demo.core.envs import check_env_id
 from atari_trtis_demo.core.typed_flags import add_flags, flag, from_args
 from atari_trtis_demo.play.play_result import PlayConfig
 
+# The most games one command plays at once (--games).
+GAMES_LIMIT = 1024
 # PlayConfig's flags that only the remote player has; the standalone player declares its own --sync.
 REMOTE_ONLY = ("sync", "reconnect", "request_timeout")
 
@@ -32,7 +34,12 @@ class RemoteOptions:
     model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
     tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
-    games: int = flag(1, type=int_in(1, 1024), help="play N games at once, a grid in the window (many_games.py)")
+    games: int = flag(
+        1,
+        type=int_in(1, GAMES_LIMIT),
+        metavar="N",
+        help=f"play N games at once (1 to {GAMES_LIMIT}), each with its own requests, in a grid in the window",
+    )
     workers: int = flag(
         1,
         type=int_in(1, 64),

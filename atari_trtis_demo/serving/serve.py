@@ -161,9 +161,9 @@ def start_server(
             f"--log-verbose={log_verbose}",
             # Triton keeps every streamed request until its answer is written, and a client
             # that never reads lets none be written: one unread ModelStreamInfer stream grew
-            # tritonserver past 3 GB in 10 s. Closing every connection after 2 s (1 s of grace
+            # tritonserver past 3 GB in 10 s. Closing every connection after 1 s (0.5 s of grace
             # for calls in flight) bounds what one connection can hold; players reconnect at
-            # once and retry the rare call cut by the close (inference_client.CHANNEL_OPTIONS).
+            # once and retry the rare call cut by the close (client_channel.CHANNEL_OPTIONS).
             # Figures: docs/serving.md, "A stream flood".
             f"--grpc-max-connection-age={GRPC_CONNECTION_AGE_MS}",
             f"--grpc-max-connection-age-grace={GRPC_CONNECTION_AGE_GRACE_MS}",
@@ -171,7 +171,7 @@ def start_server(
             *access.triton_flags(),
         ]
         server = TritonServer(
-            None,  # type: ignore[arg-type]  # set by _launch
+            None,  # type: ignore[arg-type]  # set by launch (triton_process)
             address, http_port, grpc_port, metrics_port, [m.name for m in models], workdir, workdir / LOG_FILE,
             http_address=web_address, tls_cert=tls[0] if tls else None, access=access, admin_key_file=key_file,
             command=command,

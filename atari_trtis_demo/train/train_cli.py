@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from atari_trtis_demo.core.cli_args import ArgumentParser, needs_server_install
+from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
 from atari_trtis_demo.core.envs import EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import recorded_env_id
@@ -236,7 +237,12 @@ def final_evaluation(
     load_agent(agent, best_dir, env_n_actions=eval_env.action_space.n)
     # 30 evaluation episodes, each capped at 4,500 agent steps (5 minutes of play).
     stats = eval_performance(
-        env=eval_env, agent=agent, n_steps=None, n_episodes=args.n_best_episodes, max_episode_len=4500, logger=None
+        env=eval_env,
+        agent=agent,
+        n_steps=None,
+        n_episodes=args.n_best_episodes,
+        max_episode_len=EVALUATION_EPISODE_CAP,
+        logger=None,
     )
     with open(os.path.join(outdir, "bestscores.json"), "w") as f:
         json.dump(stats, f)
