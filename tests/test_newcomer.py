@@ -274,6 +274,32 @@ def port_taken(port: int):
         yield
 
 
+def serve_and_play(serve: str, play: str) -> None:
+    """Run ``serve`` (a command line) to its "ready", then ``play`` headless for a few steps: both succeed."""
+    import shlex
+    import signal
+    import subprocess
+
+    from helpers import command_env
+
+    server = subprocess.Popen(shlex.split(serve), cwd=ROOT, env=command_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        said = []
+        for line in server.stdout:  # ends when serve does: a failed start ends the loop too
+            said.append(line)
+            if " ready at " in line:
+                break
+        assert any(" ready at " in line for line in said), (said, server.stderr.read()[-2000:])
+        played = subprocess.run([*shlex.split(play), "--headless", "--max-steps", "20", "--fps", "0"], cwd=ROOT,
+                                env=command_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert played.returncode == 0 and "20 agent steps" in played.stdout, played.stderr[-2000:]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+    assert server.returncode == 0
+
+
 def test_demo_port_taken_stops_before_training_naming_demo_port(tmp_path):
     with port_taken(18500):
         result = run_demo(tmp_path, timeout=120, DEMO_PORT="18499")
@@ -297,6 +323,12 @@ def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(t
     assert f".venv/bin/python -m atari_trtis_demo.serve --model-repository {out}/trtismodel\n" in tail
     assert ".venv/bin/python src/app.py --host 127.0.0.1 --port 8001 --fire-on-life-loss\n" in tail
     assert f".venv/bin/python standalone_src/app.py --modelpath {run_dir}/200_finish --fire-on-life-loss" in tail
+    # For ports 8000-8002 taken, the hint is two commands that work with 8000 taken (it used to move only gRPC).
+    hinted = [line.strip() for line in tail.splitlines() if "--http-port" in line or "--port 8001" not in line]
+    serve_hint = next(line for line in hinted if "atari_trtis_demo.serve" in line)
+    play_hint = next(line for line in hinted if line.startswith(".venv/bin/python src/app.py"))
+    with port_taken(8000):
+        serve_and_play(serve_hint, play_hint)
     assert f'string_value: "{DEFAULT_ENV_ID}"' in (out / "trtismodel" / "atari" / "config.pbtxt").read_text()
     # The recorded game serves after each lost life: the ball is in play in most frames.
     import imageio.v2 as imageio
@@ -309,10 +341,33 @@ def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(t
         assert banner not in result.stdout + result.stderr, banner
 
 
-def test_client_install_train_script_says_what_to_install(tmp_path):
+@pytest.mark.parametrize(
+    "script, flags, missing",
+    [
+        (TRAIN, ["--gpu", "-1", "--outdir", "{tmp}/results", "--steps", "100"], "chainer, chainerrl, gym, matplotlib"),
+        (CONVERTER, ["--model", "{tmp}/agent", "--repository", "{tmp}/repo"], "chainer, chainerrl, gym, onnx"),
+    ],
+    ids=["train_dqn.py", "converter.py"],
+)
+def test_client_install_scripts_name_every_missing_package(tmp_path, script, flags, missing):
     from helpers import one_error_line, run_python_without
 
-    argv = [str(TRAIN), "--gpu", "-1", "--outdir", str(tmp_path / "results"), "--steps", "100"]
-    code = f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({str(TRAIN)!r}, run_name='__main__')\n"
-    line = one_error_line(run_python_without(code), "train_dqn.py needs", "./setup.sh", alone=True)
-    assert "client install" in line and not (tmp_path / "results").exists()
+    from atari_trtis_demo.core.cli_args import SERVER_SIDE_MODULES
+
+    argv = [str(script), *(flag.format(tmp=tmp_path) for flag in flags)]
+    code = f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({str(script)!r}, run_name='__main__')\n"
+    result = run_python_without(code, modules=sorted(SERVER_SIDE_MODULES))  # as after ./setup.sh --client
+    line = one_error_line(result, f"{script.name} needs {missing}", "./setup.sh", alone=True)
+    assert "client install" in line and not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_learning_curve_command_without_matplotlib_is_one_line(tmp_path):
+    from helpers import one_error_line, run_python_without
+
+    scores = tmp_path / "scores.txt"
+    scores.write_text("steps\tepisodes\telapsed\tmean\tmedian\tstdev\tmax\tmin\n100\t1\t1.0\t1\t1\t0\t1\t1\n")
+    code = f"import runpy\nsys.argv = ['plots', {str(scores)!r}]\n"
+    code += "runpy.run_module('atari_trtis_demo.plots', run_name='__main__')"
+    result = run_python_without(code, modules=["matplotlib"])
+    one_error_line(result, "python -m atari_trtis_demo.plots needs matplotlib, which is not installed", alone=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.txt"]

@@ -350,4 +350,5 @@ def test_local_inference_in_a_client_only_install_is_one_line(
     )
     result = run_python_without(code, modules=("gym", "chainer", "chainerrl"))
     line = one_error_line(result, "./setup.sh", alone=True)
-    assert line.startswith(f"error: {flag} "), line
+    # Every package it lacks, not only the first import that failed (gym, which ChainerRL imports).
+    assert line.startswith(f"error: {flag} ") and "needs chainer, chainerrl, gym, which are not installed" in line, line

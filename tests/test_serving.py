@@ -410,6 +410,16 @@ def test_serve_refuses_a_port_another_server_holds_and_that_server_keeps_serving
         assert client.infer(frames_batch(1)).shape == (1, 4)
 
 
+def test_serve_checks_the_repository_before_the_ports(server, tmp_path: Path) -> None:
+    """An empty repository and a taken port: the repository is named, not the port (fixing the port first
+    would only lead to the next error)."""
+    empty = tmp_path / "trtismodel"
+    empty.mkdir()
+    result = run_command(SERVE, "--model-repository", str(empty), "--grpc-port", str(server.grpc_port), timeout=60)
+    line = one_error_line(result, str(empty), "no model", alone=True)
+    assert "in use" not in line, line
+
+
 def test_readiness_is_that_of_the_server_started_not_of_whoever_answers_on_the_port(server, tmp_path: Path) -> None:
     """A process that never serves, on a port where another Triton answers ready: never reported ready."""
     from atari_trtis_demo.serving.serve import TritonServer, wait_until_ready

@@ -124,12 +124,14 @@ def start_server(
     web_address = http_address(address, expose_http)
     ports = {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}
     check_port_numbers(ports)
+    # The repository before the ports: a user who fixes a taken port must not then learn that the
+    # repository holds no model (the tracked trtismodel/ holds none until a conversion).
+    models = read_repository(repository)
     if web_address == address:
         check_ports(address, ports)
     else:
         check_ports(address, {"--grpc-port": grpc_port})
         check_ports(web_address, {"--http-port": http_port, "--metrics-port": metrics_port})
-    models = read_repository(repository)
     for stale in clean_stale_workdirs():
         print(f"removed {stale}, left by a server that was killed", file=sys.stderr, flush=True)
     binary = pytriton_dir() / "bin" / "tritonserver"

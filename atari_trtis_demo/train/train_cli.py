@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atari_trtis_demo.core.cli_args import ArgumentParser, needs_server_install
+from atari_trtis_demo.core.cli_args import TRAIN_MODULES, ArgumentParser, needs_server_install
 from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
 from atari_trtis_demo.core.envs import EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.core.errors import UserError
@@ -59,7 +59,8 @@ class Start:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; without Chainer (a client install) one ``error:`` line says what to install."""
     # Also for train_src/train_dqn.py, which runs this main directly (atari-train goes through console.train).
-    return needs_server_install(os.path.basename(sys.argv[0]) or "train_dqn.py", lambda: _main(argv))() or 0
+    command = os.path.basename(sys.argv[0]) or "train_dqn.py"
+    return needs_server_install(command, lambda: _main(argv), TRAIN_MODULES)() or 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
