@@ -127,14 +127,24 @@ def test_client_install_chainer_commands_say_what_to_install(tiny_run, tmp_path,
 # --- the model zoo offline: the error names the variable that points at a mirror ---
 
 
-def test_pretrained_download_error_names_the_mirror_variable(tmp_path):
-    from helpers import free_ports, one_error_line
+def test_pretrained_offline_is_one_line_before_any_download_and_leaves_home_untouched(tmp_path):
+    """Offline, --pretrained fails in one line naming the mirror variable, before ChainerRL's downloader prints
+    "Downloading" or makes its cache (~/.chainer): nothing lands in the user's home or the working folder."""
+    import subprocess
+
+    from helpers import command, command_env, free_ports, one_error_line
 
     (closed,) = free_ports(1)  # nothing listens there: the download fails as offline
-    result = run_command(CONVERTER, "--pretrained", "PongNoFrameskip-v4", cwd=tmp_path, timeout=300,
-                         env={"ATARI_DEMO_MODEL_ZOO_URL": f"http://127.0.0.1:{closed}/",
-                              "CHAINER_DATASET_ROOT": str(tmp_path / "cache")})  # fmt: skip
-    one_error_line(result, "--pretrained: cannot download", "ATARI_DEMO_MODEL_ZOO_URL")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = command_env({"ATARI_DEMO_MODEL_ZOO_URL": f"http://127.0.0.1:{closed}/", "HOME": str(home)})
+    env.pop("CHAINER_DATASET_ROOT", None)  # ChainerRL's cache in $HOME/.chainer, as for a user
+    result = subprocess.run(command(CONVERTER, "--pretrained", "PongNoFrameskip-v4"), cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    one_error_line(result, "--pretrained: cannot download", "DQN/Pong/best.zip", "ATARI_DEMO_MODEL_ZOO_URL")
+    assert "Downloading" not in result.stdout + result.stderr, result.stdout
+    assert list(home.iterdir()) == [] and list(work.iterdir()) == [], (list(home.rglob("*")), list(work.rglob("*")))
 
 
 # --- a game that serves by itself: FIRE after each lost life (real ALE) ---
@@ -324,9 +334,9 @@ def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(t
     assert ".venv/bin/python src/app.py --host 127.0.0.1 --port 8001 --fire-on-life-loss\n" in tail
     assert f".venv/bin/python standalone_src/app.py --modelpath {run_dir}/200_finish --fire-on-life-loss" in tail
     # For ports 8000-8002 taken, the hint is two commands that work with 8000 taken (it used to move only gRPC).
-    hinted = [line.strip() for line in tail.splitlines() if "--http-port" in line or "--port 8001" not in line]
-    serve_hint = next(line for line in hinted if "atari_trtis_demo.serve" in line)
-    play_hint = next(line for line in hinted if line.startswith(".venv/bin/python src/app.py"))
+    lines = [line.strip() for line in tail.splitlines()]
+    serve_hint = next(line for line in lines if "atari_trtis_demo.serve" in line and "--http-port" in line)
+    play_hint = next(line for line in lines if line.startswith(".venv/bin/python src/app.py") and "8001" not in line)
     with port_taken(8000):
         serve_and_play(serve_hint, play_hint)
     assert f'string_value: "{DEFAULT_ENV_ID}"' in (out / "trtismodel" / "atari" / "config.pbtxt").read_text()

@@ -17,7 +17,11 @@ import chainer
 import numpy as np
 import onnx
 import onnx_chainer
-import onnxruntime as ort
+
+# onnxruntime's telemetry writes a device id and a database under ~/.cache/Microsoft/ at import
+# (measured with 1.32.0); the user asked for a conversion, not that. Their own setting wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
 
 from atari_trtis_demo.convert.convert_config import ConvertOptions
 from atari_trtis_demo.core.contract import INPUT_NAME, OUTPUT_NAME
