@@ -69,10 +69,21 @@ def run_command(
     )
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In a started command, before it runs: SIGINT does what Ctrl-C does in a terminal.
+
+    A test run started in the background by a shell without job control (``pytest ... &``) ignores
+    SIGINT, its children inherit that, and Python keeps an ignored SIGINT ignored: a test's Ctrl-C
+    would then go unheard.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_command(target: Path | str, *args: str, **popen_kwargs) -> subprocess.Popen:
     """Start one of the project's commands (text pipes as given in ``popen_kwargs``), headless, from ROOT."""
     return subprocess.Popen(
-        command(target, *args), text=True, env=command_env(), cwd=ROOT, **popen_kwargs
+        command(target, *args), text=True, env=command_env(), cwd=ROOT, preexec_fn=ctrl_c_as_in_a_terminal,
+        **popen_kwargs,
     )  # fmt: skip
 
 

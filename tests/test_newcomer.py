@@ -91,14 +91,15 @@ def test_local_play_prints_no_banner_and_each_line_once(tiny_run, tmp_path):
 
 def test_end_of_training_summary_names_the_evaluation_it_differs_from(tiny_run):
     result, run_dir = tiny_run
-    evaluations = re.findall(r"evaluation at step ([\d,]+): mean score ([\d.]+) \(new best", result.stderr)
+    evaluations = re.findall(r"evaluation at step ([\d,]+): mean score ([\d.]+)[,:].* saved to best/", result.stderr)
     assert evaluations, result.stderr
-    step, score = evaluations[-1]  # the last new best is the agent in best/
+    step, score = evaluations[-1]  # the last one saved is the agent in best/
     summary = result.stdout.splitlines()
     assert f"the agent of the evaluation at step {step}, mean score {score} there" in summary[0], summary
     mean = float(next(line for line in summary if line.startswith("mean:")).split(":", 1)[1])
-    if f"{mean:.2f}" != score:  # then it says why the figures differ
-        assert f"(not the {score} of its evaluation at step {step}: these are other games" in result.stdout
+    # It says why the figures differ exactly when they do.
+    explained = f"(not the {score} of its evaluation at step {step}: these are other games" in result.stdout
+    assert explained == (f"{mean:.2f}" != score), (mean, score, result.stdout)
 
 
 # --- a client install: the Chainer commands say what to install, in one line ---
