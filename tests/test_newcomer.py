@@ -9,25 +9,9 @@ import socket
 
 import numpy as np
 import pytest
-from helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, run_command
+from helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, option_helps, run_command, run_standalone
 
 COMMANDS = {"train": TRAIN, "convert": CONVERTER, "serve": SERVE, "play": REMOTE, "play-local": STANDALONE}
-# An option line of argparse's help: two spaces, the flags, then (on the same line or the next, indented) the help.
-OPTION = re.compile(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$")
-
-
-def option_helps(help_text: str) -> dict[str, str]:
-    """Each option of a ``--help`` output with its whole help text (continuation lines joined)."""
-    helps: dict[str, str] = {}
-    current = None
-    for line in help_text.split("options:", 1)[1].splitlines():
-        match = OPTION.match(line)
-        if match:
-            current = match.group(1).split()[0].rstrip(",")
-            helps[current] = match.group(2) or ""
-        elif current and line.startswith("    ") and line.strip():
-            helps[current] = (helps[current] + " " + line.strip()).strip()
-    return helps
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -80,8 +64,7 @@ def test_training_prints_no_banner(tiny_run):
 
 def test_local_play_prints_no_banner_and_each_line_once(tiny_run, tmp_path):
     _, run_dir = tiny_run
-    result = run_command(STANDALONE, "--modelpath", str(run_dir / "best"), "--headless", "--fps", "0",
-                         "--max-steps", "30", timeout=300)  # fmt: skip
+    result = run_standalone(run_dir / "best", "--fps", "0", "--max-steps", "30", timeout=300)
     assert result.returncode == 0, result.stderr
     for banner in BANNERS:
         assert banner not in result.stdout + result.stderr, (banner, result.stderr)
@@ -210,8 +193,8 @@ def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_pat
 
     _, run_dir = tiny_run
     video, shot = tmp_path / "play.mp4", tmp_path / "last.png"
-    play = ["--modelpath", str(run_dir / "best"), "--headless", "--fps", "0", "--max-steps", "40"]
-    result = run_command(STANDALONE, *play, "--record", str(video), "--screenshot", str(shot), timeout=300)
+    play = ["--fps", "0", "--max-steps", "40", "--record", str(video), "--screenshot", str(shot)]
+    result = run_standalone(run_dir / "best", *play, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resiz" not in result.stderr.lower(), result.stderr  # imageio's "resizing from (480, 630)" warning
     reader = imageio.get_reader(str(video))

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from atari_trtis_demo.convert.convert_config import ConvertOptions
+from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertOptions
 from atari_trtis_demo.core.cli_args import CONVERT_MODULES, ArgumentParser, needs_server_install
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, describe_choice
@@ -33,7 +33,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("give --model DIR (an agent directory) or --pretrained ENV (ChainerRL's published agent)")
     from atari_trtis_demo.convert.onnx_export import TOLERANCE, VERIFY_BATCHES, convert
 
-    model_dir, repository = args.model, args.repository or "trtismodel"
+    model_dir, repository = args.model, args.repository or DEFAULT_REPOSITORY
     if args.pretrained:
         from atari_trtis_demo.train.model_zoo import pretrained_root, save_pretrained
 
@@ -41,7 +41,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError(f"--env {args.env_id} contradicts --pretrained {args.pretrained}; give only --pretrained")
         root = pretrained_root(args.pretrained)
         model_dir = args.pretrained_dir or os.path.join(root, args.pretrained_type)
-        repository = args.repository or os.path.join(root, "trtismodel")
+        repository = args.repository or os.path.join(root, DEFAULT_REPOSITORY)
         save_pretrained(args.pretrained, args.pretrained_type, model_dir)
         print(f"saved ChainerRL's published {args.pretrained_type} DQN for {args.pretrained} in {model_dir}")
     result = convert(model_dir, repository=repository, **args.convert_settings())

@@ -23,7 +23,7 @@ import onnx_chainer
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402
 
-from atari_trtis_demo.convert.convert_config import ConvertOptions
+from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertOptions
 from atari_trtis_demo.core.contract import INPUT_NAME, OUTPUT_NAME
 from atari_trtis_demo.core.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
@@ -156,7 +156,7 @@ def convert(
     model_dir: str,
     *,
     out: str | None = None,
-    repository: str | None = "trtismodel",
+    repository: str | None = DEFAULT_REPOSITORY,
     name: str = ConvertOptions.name,
     version: int | None = None,
     # The defaults are the converter's own (ConvertOptions'), written there once.
