@@ -128,12 +128,15 @@ class ServeProcess:
     workdir: str  # its temporary directory, where tritonserver and the twins run from
 
 
-def start_serve(repository: Path, stderr: Any = subprocess.PIPE, env: dict[str, str] | None = None) -> ServeProcess:
-    """The serve command on free ports, serving ``repository``; ``stderr``: a pipe or an open file."""
+def start_serve(
+    repository: Path, *flags: str, stderr: Any = subprocess.PIPE, env: dict[str, str] | None = None
+) -> ServeProcess:
+    """The serve command on free ports, serving ``repository``, ``flags`` added; ``stderr``: a pipe or an open
+    file; ``env``: added to this environment."""
     http, grpc_port, metrics = free_ports(3)
     proc = start_command(
         SERVE, "--model-repository", str(repository),
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics), *flags,
         stdout=subprocess.PIPE, stderr=stderr, env=env,
     )  # fmt: skip
     lines = []

@@ -282,7 +282,7 @@ def test_triton_runs_with_the_hard_open_file_limit(server) -> None:
 def served(repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A ``serve`` command running for this module's restart tests, stderr in a file."""
     stderr = tmp_path_factory.mktemp("served") / "serve.err"
-    started = start_serve(repository, stderr.open("w"))
+    started = start_serve(repository, stderr=stderr.open("w"))
     proc, workdir = started.proc, started.workdir
     yield proc, started.grpc_port, started.http_port, workdir, stderr
     proc.send_signal(signal.SIGTERM)
@@ -318,7 +318,7 @@ def test_a_sync_player_rides_through_a_crash_and_restart(repository: Path, tmp_p
     A serve of its own: the module's ``served`` already dies four times in its other tests, and a
     fifth death within 5 minutes would (rightly) end it.
     """
-    started = start_serve(repository, (tmp_path / "serve.err").open("w"))
+    started = start_serve(repository, stderr=(tmp_path / "serve.err").open("w"))
     proc, grpc_port, workdir = started.proc, started.grpc_port, started.workdir
     stats = tmp_path / "stats.json"
     player = start_command(
@@ -399,7 +399,7 @@ def test_published_http_crash_payloads_leave_inference_answering_within_15_s(ser
 
 
 def test_sigterm_stops_a_wedged_server_in_under_5_s_leaving_nothing(repository: Path, tmp_path: Path) -> None:
-    started = start_serve(repository, (tmp_path / "serve.err").open("w"))
+    started = start_serve(repository, stderr=(tmp_path / "serve.err").open("w"))
     proc, workdir = started.proc, started.workdir
     regions = shm_regions_of(Path(workdir))
     pids = processes_using(workdir)
