@@ -122,6 +122,8 @@ and, in another terminal once it prints "ready", play against it:
   $PY src/app.py --host 127.0.0.1 --port 8001 --fire-on-life-loss
 Or without a server, the agent run here by Chainer:
   $PY standalone_src/app.py --modelpath $AGENT --fire-on-life-loss
-(Ports 8000-8002 taken? Add --grpc-port N to serve and --port N to play. --games 4 plays four games at
-once; Esc or Q ends play.)
+If ports 8000-8002 are taken, serve on the three this demo used (free a moment ago) and play on its gRPC port:
+  $PY -m atari_trtis_demo.serve --model-repository $REPO --http-port $HTTP_PORT --grpc-port $GRPC_PORT --metrics-port $METRICS_PORT
+  $PY src/app.py --host 127.0.0.1 --port $GRPC_PORT --fire-on-life-loss
+(--games 4 plays four games at once; Esc or Q ends play.)
 EOF

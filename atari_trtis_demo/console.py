@@ -10,21 +10,27 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from atari_trtis_demo.core.cli_args import needs_server_install, run_cli
+from atari_trtis_demo.core.cli_args import (
+    CONVERT_MODULES,
+    LOCAL_PLAY_MODULES,
+    TRAIN_MODULES,
+    needs_server_install,
+    run_cli,
+)
 
 
 def train() -> NoReturn:
     """``atari-train``, as ``train_src/train_dqn.py``."""
     from atari_trtis_demo.train.train_cli import main
 
-    run_cli(needs_server_install("atari-train", main))
+    run_cli(needs_server_install("atari-train", main, TRAIN_MODULES))
 
 
 def convert() -> NoReturn:
     """``atari-convert``, as ``onnx_converter_src/converter.py``."""
     from atari_trtis_demo.convert.convert_cli import main
 
-    run_cli(needs_server_install("atari-convert", main))
+    run_cli(needs_server_install("atari-convert", main, CONVERT_MODULES))
 
 
 def serve() -> NoReturn:
@@ -45,4 +51,4 @@ def play_local() -> NoReturn:
     """``atari-play-local``, as ``standalone_src/app.py``: the agent run by Chainer here."""
     from atari_trtis_demo.play.play_cli import standalone_main
 
-    run_cli(needs_server_install("atari-play-local", standalone_main))
+    run_cli(needs_server_install("atari-play-local", standalone_main, LOCAL_PLAY_MODULES))

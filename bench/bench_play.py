@@ -8,6 +8,10 @@ alternating within each round; remote play goes through a real tritonserver on
 Nature DQN; speed does not depend on the weights). Play is unpaced (``--fps 0``).
 "In-process onnxruntime" runs the very ``model.onnx`` the server serves, in this
 process: the reference for what the round trip to Triton costs.
+
+Then the pace: one remote game, sync and async alternating, at the default 15 agent
+steps/s for ``--paced-steps`` (45: 3 s), ``--rounds`` times: how close to the Atari's own
+pace play keeps on this machine now (the tests check only that it is never faster).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.play.inference_client import InferenceClient
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_result import PlayConfig
+from atari_trtis_demo.play.play_result import REAL_TIME_FPS, PlayConfig
 from atari_trtis_demo.play.play_stats import LatencyStats
 from atari_trtis_demo.play.policies import LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serving.serve import serving
@@ -65,6 +69,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--port", type=int, default=18301, help="gRPC port (HTTP and metrics use the next two)")
     parser.add_argument("--max-queue-delay-us", type=int, default=100, help="the served config's batching delay")
+    parser.add_argument("--paced-steps", type=int, default=45, help="agent steps of each paced game (0: none)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or str(Path(tmp) / "agent")
@@ -107,6 +112,7 @@ def main() -> None:
                         if not sync:
                             staleness.extend(result.staleness)
                     rates[name].append(done / seconds)
+            paced = paced_rates(client, args.paced_steps, args.rounds) if args.paced_steps else {}
             client.close()
     print(f"{args.steps} agent steps per side and round, {args.rounds} rounds, sides alternating; medians:")
     standalone = statistics.median(rates["standalone (Chainer), sync"])
@@ -122,6 +128,23 @@ def main() -> None:
         f"  async staleness (agent steps): mean {s.mean():.2f}, p50 {np.percentile(s, 50):g}, "
         f"p99 {np.percentile(s, 99):g}, max {s.max()}"
     )
+    if paced:
+        print(f"paced at {REAL_TIME_FPS:g} steps/s, {args.paced_steps} steps per game, {args.rounds} rounds; medians:")
+        for name, values in paced.items():
+            median = statistics.median(values)
+            print(
+                f"  {name:30s} {median:8.2f} steps/s  ({median / REAL_TIME_FPS:5.3f}x the pace; min {min(values):.2f})"
+            )
+
+
+def paced_rates(client: InferenceClient, steps: int, rounds: int) -> dict[str, list[float]]:
+    """Steps/s of one remote game at the default pace, sync and async alternating, per round."""
+    rates: dict[str, list[float]] = {"remote sync, paced": [], "remote async, paced": []}
+    for r in range(rounds):
+        for sync in (True, False) if r % 2 == 0 else (False, True):
+            result = play_games(RemotePolicy(client), 1, PlayConfig(sync=sync, headless=True, max_steps=steps, seed=r))
+            rates[f"remote {'sync' if sync else 'async'}, paced"].append(result.steps_per_second)
+    return rates
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Play an Atari game whose every action comes from a Triton Inference Server over gRPC.
 
-    python src/app.py --host ${TRITON_IP} --port 8001 --sync
+    python src/app.py --host 127.0.0.1 --port 8001 --sync     # --host: the machine that serves
 
-The logic lives in ``atari_trtis_demo.play.play_cli``; this file is the command users know
+The command line is ``atari_trtis_demo.play.play_cli.remote_main``; this file is the command users know
 (installed as ``atari-play`` by ``pip install -e .``).
 No Chainer is needed.
 """

@@ -2,7 +2,7 @@
 
     python standalone_src/app.py --modelpath results/<run>/best
 
-The logic lives in ``atari_trtis_demo.play.play_cli``; this file is the command users know
+The command line is ``atari_trtis_demo.play.play_cli.standalone_main``; this file is the command users know
 (installed as ``atari-play-local`` by ``pip install -e .``).
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,24 @@ STANDALONE = ROOT / "standalone_src" / "app.py"
 SERVE = "atari_trtis_demo.serve"
 # The models of the session's ``repository`` (conftest.py) with their action counts: Breakout as 'atari', Pong.
 SERVED = {"atari": 4, "pong": 6}
+
+
+# An option line of argparse's help: two spaces, the flags, then (on the same line or the next, indented) the help.
+OPTION = re.compile(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$")
+
+
+def option_helps(help_text: str) -> dict[str, str]:
+    """Each option of a ``--help`` output with its whole help text (continuation lines joined)."""
+    helps: dict[str, str] = {}
+    current = None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        match = OPTION.match(line)
+        if match:
+            current = match.group(1).split()[0].rstrip(",")
+            helps[current] = match.group(2) or ""
+        elif current and line.startswith("    ") and line.strip():
+            helps[current] = (helps[current] + " " + line.strip()).strip()
+    return helps
 
 
 def free_ports(n: int) -> list[int]:
@@ -69,11 +89,78 @@ def run_command(
     )
 
 
-def start_command(target: Path | str, *args: str, **popen_kwargs) -> subprocess.Popen:
-    """Start one of the project's commands (text pipes as given in ``popen_kwargs``), headless, from ROOT."""
+def ctrl_c_as_in_a_terminal() -> None:
+    """In a started command, before it runs: SIGINT does what Ctrl-C does in a terminal.
+
+    A test run started in the background by a shell without job control (``pytest ... &``) ignores
+    SIGINT, its children inherit that, and Python keeps an ignored SIGINT ignored: a test's Ctrl-C
+    would then go unheard.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_command(
+    target: Path | str, *args: str, env: dict[str, str] | None = None, **popen_kwargs: Any
+) -> subprocess.Popen:
+    """Start one of the project's commands (text pipes as given in ``popen_kwargs``), headless, from ROOT,
+    with ``env`` added to this environment."""
     return subprocess.Popen(
-        command(target, *args), text=True, env=command_env(), cwd=ROOT, **popen_kwargs
+        command(target, *args), text=True, env=command_env(env), cwd=ROOT, preexec_fn=ctrl_c_as_in_a_terminal,
+        **popen_kwargs,
     )  # fmt: skip
+
+
+def run_standalone(agent: Path | str, *flags: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``standalone_src/app.py --modelpath agent --headless`` and ``flags``, run to its end (``kwargs``: as for
+    :func:`run_command`)."""
+    return run_command(STANDALONE, "--modelpath", str(agent), "--headless", *flags, **kwargs)
+
+
+@dataclass
+class ServeProcess:
+    """``python -m atari_trtis_demo.serve`` running in the background, read up to its 'Triton log:' line."""
+
+    proc: subprocess.Popen
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    lines: list[str]  # its stdout so far: the 'ready' lines, the admin key's file, the log's
+    workdir: str  # its temporary directory, where tritonserver and the twins run from
+
+
+def start_serve(
+    repository: Path, *flags: str, stderr: Any = subprocess.PIPE, env: dict[str, str] | None = None
+) -> ServeProcess:
+    """The serve command on free ports, serving ``repository``, ``flags`` added; ``stderr``: a pipe or an open
+    file; ``env``: added to this environment."""
+    http, grpc_port, metrics = free_ports(3)
+    proc = start_command(
+        SERVE, "--model-repository", str(repository),
+        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics), *flags,
+        stdout=subprocess.PIPE, stderr=stderr, env=env,
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:  # ends with serve: a failed start ends the loop too
+        lines.append(line)
+        if line.startswith("Triton log:"):
+            workdir = str(Path(line.split()[2].rstrip(";")).parent)
+            return ServeProcess(proc, grpc_port, http, metrics, lines, workdir)
+    proc.wait(timeout=60)
+    errors = proc.stderr.read() if stderr is subprocess.PIPE else ""
+    raise AssertionError(f"serve did not start (exit {proc.returncode}): {lines} {errors[-2000:]}")
+
+
+def wait_for_answers(server: Any, model: str, n: int, timeout: float = 120) -> None:
+    """Until ``server`` (a serve command's or ``serving``'s) has answered ``n`` inference requests for
+    ``model`` in all, by Triton's own counter: play is under way against it."""
+    from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics, wait_for_metrics
+
+    url = metrics_url(getattr(server, "address", "127.0.0.1"), server.metrics_port)
+    wait_for_metrics(url)
+    deadline = time.monotonic() + timeout
+    while (answered := read_metrics(url, model)["nv_inference_request_success"]) < n:
+        assert time.monotonic() < deadline, f"{answered:g} answers of {n} within {timeout} s"
+        time.sleep(0.1)
 
 
 def one_error_line(result: subprocess.CompletedProcess, *words: str, code: int = 2, alone: bool = False) -> str:
@@ -124,21 +211,6 @@ def serving_on_free_ports(repository: Path, grpc_port: int | None = None, **kwar
 
     http, grpc_, metrics = free_ports(3)
     return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics, **kwargs)
-
-
-def start_serve(repository: Path, stderr_file: Path, *flags: str) -> tuple[subprocess.Popen, int, int, str]:
-    """``serve`` (plus ``flags``) on free ports, read up to its 'Triton log:' line, stderr into ``stderr_file``:
-    (process, gRPC port, HTTP port, workdir)."""
-    http, grpc_port, metrics = free_ports(3)
-    proc = start_command(
-        SERVE, "--model-repository", str(repository),
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics), *flags,
-        stdout=subprocess.PIPE, stderr=stderr_file.open("w"),
-    )  # fmt: skip
-    for line in proc.stdout:
-        if line.startswith("Triton log:"):
-            return proc, grpc_port, http, str(Path(line.split()[2].rstrip(";")).parent)
-    raise AssertionError(f"serve did not start: {stderr_file.read_text()[-2000:]}")
 
 
 def tritonserver_pid(workdir: str) -> int:

@@ -344,3 +344,26 @@ def test_queue_delay_for_many_players_reaches_the_config(breakout_agent: Path, t
     refused = run_command(CONVERTER, "--model", str(breakout_agent), "--repository", str(repo),
                           "--max-queue-delay-us", "-1")  # fmt: skip
     assert "--max-queue-delay-us" in one_error_line(refused)
+
+
+def test_readmes_stage_2_command_leaves_the_tracked_repository_as_committed(tmp_path: Path) -> None:
+    """README's ``converter.py --model results/<run>/best --repository trtismodel`` after its stage 1 (Breakout):
+    the tracked config.pbtxt is byte for byte what the converter writes, and the model it adds is ignored by git."""
+    from atari_trtis_demo.core.contract import DEFAULT_ENV_ID
+
+    command = "python onnx_converter_src/converter.py --model results/<run>/best --repository trtismodel"
+    assert command in (ROOT / "README.md").read_text()
+    tracked = subprocess.run(["git", "ls-files", "trtismodel"], cwd=ROOT, capture_output=True, text=True, check=True)
+    checkout = tmp_path / "checkout"
+    for name in tracked.stdout.split():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_bytes((ROOT / name).read_bytes())
+    before = tree_digest(checkout / "trtismodel")
+    make_agent(4, env_id=DEFAULT_ENV_ID).save(str(checkout / "results" / "run" / "best"))  # as stage 1 saves it
+    result = run_command(CONVERTER, *command.replace("<run>", "run").split()[2:], cwd=checkout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = tree_digest(checkout / "trtismodel")
+    added = {path: digest for path, digest in after.items() if before.get(path) != digest}
+    assert set(added) == {"atari/1", "atari/1/model.onnx"}, added  # config.pbtxt and README.md unchanged
+    ignored = subprocess.run(["git", "check-ignore", "-q", "trtismodel/atari/1/model.onnx"], cwd=ROOT)
+    assert ignored.returncode == 0, "git status stays clean: the version directory is ignored"

@@ -10,11 +10,11 @@ import tritonclient.grpc as triton
 from helpers import (
     CONVERTER,
     REMOTE,
-    STANDALONE,
     TRAIN,
     free_ports,
     one_error_line,
     run_command,
+    run_standalone,
     serving_on_free_ports,
     stock_chainerrl_dqn,
 )
@@ -161,18 +161,16 @@ def test_a_misspelt_game_is_refused_before_connecting() -> None:
 
 
 def test_standalone_player_plays_the_models_game(pong_agents: dict[str, Path]) -> None:
-    result = run_command(STANDALONE, "--modelpath", str(pong_agents["pong"]), *HEADLESS)
+    result = run_standalone(pong_agents["pong"], *HEADLESS)
     assert result.returncode == 0, result.stderr
     assert f"game: {PONG} (the model's own, recorded in {pong_agents['pong'] / 'agent_state.json'})" in result.stdout
-    line = one_error_line(
-        run_command(STANDALONE, "--modelpath", str(pong_agents["pong"]), *HEADLESS, "--env", BREAKOUT)
-    )
+    line = one_error_line(run_standalone(pong_agents["pong"], *HEADLESS, "--env", BREAKOUT))
     assert f"--env {BREAKOUT} contradicts the model's game {PONG}" in line, line
 
 
 def test_standalone_player_plays_a_stock_directory_with_env(pong_agents: dict[str, Path]) -> None:
-    result = run_command(STANDALONE, "--modelpath", str(pong_agents["stock_pong"]), *HEADLESS, "--env", PONG)
+    result = run_standalone(pong_agents["stock_pong"], *HEADLESS, "--env", PONG)
     assert result.returncode == 0, result.stderr
     assert f"game: {PONG} (--env; the model records no game)" in result.stdout
-    line = one_error_line(run_command(STANDALONE, "--modelpath", str(pong_agents["stock_pong"]), *HEADLESS))
+    line = one_error_line(run_standalone(pong_agents["stock_pong"], *HEADLESS))
     assert f"has 6 actions but {BREAKOUT} has 4" in line, line

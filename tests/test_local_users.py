@@ -235,7 +235,8 @@ def test_keys_of_the_maximum_length_work_for_players_and_the_owner(repository: P
 
 
 def test_regions_and_workdir_files_are_readable_by_the_owner_only(repository: Path, tmp_path: Path) -> None:
-    proc, _, _, workdir = start_serve(repository, tmp_path / "serve.err")
+    started = start_serve(repository, stderr=(tmp_path / "serve.err").open("w"))
+    proc, workdir = started.proc, started.workdir
     try:
         regions = shm_regions_of(Path(workdir))
         assert regions and all((SHM_DIR / r).stat().st_mode & 0o777 == 0o600 for r in regions), [

@@ -9,25 +9,9 @@ import socket
 
 import numpy as np
 import pytest
-from helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, run_command
+from helpers import CONVERTER, REMOTE, ROOT, SERVE, STANDALONE, TRAIN, option_helps, run_command, run_standalone
 
 COMMANDS = {"train": TRAIN, "convert": CONVERTER, "serve": SERVE, "play": REMOTE, "play-local": STANDALONE}
-# An option line of argparse's help: two spaces, the flags, then (on the same line or the next, indented) the help.
-OPTION = re.compile(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$")
-
-
-def option_helps(help_text: str) -> dict[str, str]:
-    """Each option of a ``--help`` output with its whole help text (continuation lines joined)."""
-    helps: dict[str, str] = {}
-    current = None
-    for line in help_text.split("options:", 1)[1].splitlines():
-        match = OPTION.match(line)
-        if match:
-            current = match.group(1).split()[0].rstrip(",")
-            helps[current] = match.group(2) or ""
-        elif current and line.startswith("    ") and line.strip():
-            helps[current] = (helps[current] + " " + line.strip()).strip()
-    return helps
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -80,8 +64,7 @@ def test_training_prints_no_banner(tiny_run):
 
 def test_local_play_prints_no_banner_and_each_line_once(tiny_run, tmp_path):
     _, run_dir = tiny_run
-    result = run_command(STANDALONE, "--modelpath", str(run_dir / "best"), "--headless", "--fps", "0",
-                         "--max-steps", "30", timeout=300)  # fmt: skip
+    result = run_standalone(run_dir / "best", "--fps", "0", "--max-steps", "30", timeout=300)
     assert result.returncode == 0, result.stderr
     for banner in BANNERS:
         assert banner not in result.stdout + result.stderr, (banner, result.stderr)
@@ -91,14 +74,15 @@ def test_local_play_prints_no_banner_and_each_line_once(tiny_run, tmp_path):
 
 def test_end_of_training_summary_names_the_evaluation_it_differs_from(tiny_run):
     result, run_dir = tiny_run
-    evaluations = re.findall(r"evaluation at step ([\d,]+): mean score ([\d.]+) \(new best", result.stderr)
+    evaluations = re.findall(r"evaluation at step ([\d,]+): mean score ([\d.]+)[,:].* saved to best/", result.stderr)
     assert evaluations, result.stderr
-    step, score = evaluations[-1]  # the last new best is the agent in best/
+    step, score = evaluations[-1]  # the last one saved is the agent in best/
     summary = result.stdout.splitlines()
     assert f"the agent of the evaluation at step {step}, mean score {score} there" in summary[0], summary
     mean = float(next(line for line in summary if line.startswith("mean:")).split(":", 1)[1])
-    if f"{mean:.2f}" != score:  # then it says why the figures differ
-        assert f"(not the {score} of its evaluation at step {step}: these are other games" in result.stdout
+    # It says why the figures differ exactly when they do.
+    explained = f"(not the {score} of its evaluation at step {step}: these are other games" in result.stdout
+    assert explained == (f"{mean:.2f}" != score), (mean, score, result.stdout)
 
 
 # --- a client install: the Chainer commands say what to install, in one line ---
@@ -127,14 +111,24 @@ def test_client_install_chainer_commands_say_what_to_install(tiny_run, tmp_path,
 # --- the model zoo offline: the error names the variable that points at a mirror ---
 
 
-def test_pretrained_download_error_names_the_mirror_variable(tmp_path):
-    from helpers import free_ports, one_error_line
+def test_pretrained_offline_is_one_line_before_any_download_and_leaves_home_untouched(tmp_path):
+    """Offline, --pretrained fails in one line naming the mirror variable, before ChainerRL's downloader prints
+    "Downloading" or makes its cache (~/.chainer): nothing lands in the user's home or the working folder."""
+    import subprocess
+
+    from helpers import command, command_env, free_ports, one_error_line
 
     (closed,) = free_ports(1)  # nothing listens there: the download fails as offline
-    result = run_command(CONVERTER, "--pretrained", "PongNoFrameskip-v4", cwd=tmp_path, timeout=300,
-                         env={"ATARI_DEMO_MODEL_ZOO_URL": f"http://127.0.0.1:{closed}/",
-                              "CHAINER_DATASET_ROOT": str(tmp_path / "cache")})  # fmt: skip
-    one_error_line(result, "--pretrained: cannot download", "ATARI_DEMO_MODEL_ZOO_URL")
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = command_env({"ATARI_DEMO_MODEL_ZOO_URL": f"http://127.0.0.1:{closed}/", "HOME": str(home)})
+    env.pop("CHAINER_DATASET_ROOT", None)  # ChainerRL's cache in $HOME/.chainer, as for a user
+    result = subprocess.run(command(CONVERTER, "--pretrained", "PongNoFrameskip-v4"), cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    one_error_line(result, "--pretrained: cannot download", "DQN/Pong/best.zip", "ATARI_DEMO_MODEL_ZOO_URL")
+    assert "Downloading" not in result.stdout + result.stderr, result.stdout
+    assert list(home.iterdir()) == [] and list(work.iterdir()) == [], (list(home.rglob("*")), list(work.rglob("*")))
 
 
 # --- a game that serves by itself: FIRE after each lost life (real ALE) ---
@@ -199,8 +193,8 @@ def test_mp4_recording_pads_to_macro_blocks_and_keeps_the_pace(tiny_run, tmp_pat
 
     _, run_dir = tiny_run
     video, shot = tmp_path / "play.mp4", tmp_path / "last.png"
-    play = ["--modelpath", str(run_dir / "best"), "--headless", "--fps", "0", "--max-steps", "40"]
-    result = run_command(STANDALONE, *play, "--record", str(video), "--screenshot", str(shot), timeout=300)
+    play = ["--fps", "0", "--max-steps", "40", "--record", str(video), "--screenshot", str(shot)]
+    result = run_standalone(run_dir / "best", *play, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resiz" not in result.stderr.lower(), result.stderr  # imageio's "resizing from (480, 630)" warning
     reader = imageio.get_reader(str(video))
@@ -274,6 +268,32 @@ def port_taken(port: int):
         yield
 
 
+def serve_and_play(serve: str, play: str) -> None:
+    """Run ``serve`` (a command line) to its "ready", then ``play`` headless for a few steps: both succeed."""
+    import shlex
+    import signal
+    import subprocess
+
+    from helpers import command_env
+
+    server = subprocess.Popen(shlex.split(serve), cwd=ROOT, env=command_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        said = []
+        for line in server.stdout:  # ends when serve does: a failed start ends the loop too
+            said.append(line)
+            if " ready at " in line:
+                break
+        assert any(" ready at " in line for line in said), (said, server.stderr.read()[-2000:])
+        played = subprocess.run([*shlex.split(play), "--headless", "--max-steps", "20", "--fps", "0"], cwd=ROOT,
+                                env=command_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert played.returncode == 0 and "20 agent steps" in played.stdout, played.stderr[-2000:]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+    assert server.returncode == 0
+
+
 def test_demo_port_taken_stops_before_training_naming_demo_port(tmp_path):
     with port_taken(18500):
         result = run_demo(tmp_path, timeout=120, DEMO_PORT="18499")
@@ -297,6 +317,12 @@ def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(t
     assert f".venv/bin/python -m atari_trtis_demo.serve --model-repository {out}/trtismodel\n" in tail
     assert ".venv/bin/python src/app.py --host 127.0.0.1 --port 8001 --fire-on-life-loss\n" in tail
     assert f".venv/bin/python standalone_src/app.py --modelpath {run_dir}/200_finish --fire-on-life-loss" in tail
+    # For ports 8000-8002 taken, the hint is two commands that work with 8000 taken (it used to move only gRPC).
+    lines = [line.strip() for line in tail.splitlines()]
+    serve_hint = next(line for line in lines if "atari_trtis_demo.serve" in line and "--http-port" in line)
+    play_hint = next(line for line in lines if line.startswith(".venv/bin/python src/app.py") and "8001" not in line)
+    with port_taken(8000):
+        serve_and_play(serve_hint, play_hint)
     assert f'string_value: "{DEFAULT_ENV_ID}"' in (out / "trtismodel" / "atari" / "config.pbtxt").read_text()
     # The recorded game serves after each lost life: the ball is in play in most frames.
     import imageio.v2 as imageio
@@ -309,10 +335,33 @@ def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(t
         assert banner not in result.stdout + result.stderr, banner
 
 
-def test_client_install_train_script_says_what_to_install(tmp_path):
+@pytest.mark.parametrize(
+    "script, flags, missing",
+    [
+        (TRAIN, ["--gpu", "-1", "--outdir", "{tmp}/results", "--steps", "100"], "chainer, chainerrl, gym, matplotlib"),
+        (CONVERTER, ["--model", "{tmp}/agent", "--repository", "{tmp}/repo"], "chainer, chainerrl, gym, onnx"),
+    ],
+    ids=["train_dqn.py", "converter.py"],
+)
+def test_client_install_scripts_name_every_missing_package(tmp_path, script, flags, missing):
     from helpers import one_error_line, run_python_without
 
-    argv = [str(TRAIN), "--gpu", "-1", "--outdir", str(tmp_path / "results"), "--steps", "100"]
-    code = f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({str(TRAIN)!r}, run_name='__main__')\n"
-    line = one_error_line(run_python_without(code), "train_dqn.py needs", "./setup.sh", alone=True)
-    assert "client install" in line and not (tmp_path / "results").exists()
+    from atari_trtis_demo.core.cli_args import SERVER_SIDE_MODULES
+
+    argv = [str(script), *(flag.format(tmp=tmp_path) for flag in flags)]
+    code = f"import runpy\nsys.argv = {argv!r}\nrunpy.run_path({str(script)!r}, run_name='__main__')\n"
+    result = run_python_without(code, modules=sorted(SERVER_SIDE_MODULES))  # as after ./setup.sh --client
+    line = one_error_line(result, f"{script.name} needs {missing}", "./setup.sh", alone=True)
+    assert "client install" in line and not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_learning_curve_command_without_matplotlib_is_one_line(tmp_path):
+    from helpers import one_error_line, run_python_without
+
+    scores = tmp_path / "scores.txt"
+    scores.write_text("steps\tepisodes\telapsed\tmean\tmedian\tstdev\tmax\tmin\n100\t1\t1.0\t1\t1\t0\t1\t1\n")
+    code = f"import runpy\nsys.argv = ['plots', {str(scores)!r}]\n"
+    code += "runpy.run_module('atari_trtis_demo.plots', run_name='__main__')"
+    result = run_python_without(code, modules=["matplotlib"])
+    one_error_line(result, "python -m atari_trtis_demo.plots needs matplotlib, which is not installed", alone=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.txt"]

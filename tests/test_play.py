@@ -21,7 +21,9 @@ from helpers import (
     one_error_line,
     run_command,
     run_python_without,
+    run_standalone,
     start_command,
+    wait_for_answers,
 )
 
 from atari_trtis_demo.convert.onnx_export import convert
@@ -38,9 +40,9 @@ os.environ["SDL_VIDEODRIVER"] = "dummy"
 
 def test_standalone_app_plays_and_reports(agents: dict[str, Path], tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    result = run_command(
-        STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", "--fps", "0", "--sync", "--max-steps", "300",
-        "--episodes", "2", "--json", str(stats), "--epsilon", "1.0", "--seed", "3",
+    result = run_standalone(
+        agents["breakout"], "--fps", "0", "--sync", "--max-steps", "300", "--episodes", "2", "--json", str(stats),
+        "--epsilon", "1.0", "--seed", "3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "episode 1: score" in result.stdout and "episode 2: score" in result.stdout
@@ -76,7 +78,10 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
     if mode == "--sync":
         assert figures["requests"] == episode["steps"]
     else:
-        assert figures["staleness_steps"]["max"] >= 0 and "staleness" in result.stdout
+        # Once the first answer is in, each step applies one answer, of an age the console reports too.
+        staleness = figures["staleness_steps"]
+        assert 0 < sum(staleness["histogram"].values()) <= episode["steps"], staleness
+        assert f"max {staleness['max']};" in result.stdout, result.stdout
     assert f"127.0.0.1:{server.grpc_port}" in result.stdout
 
 
@@ -89,7 +94,8 @@ def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(serv
         result = play_games(RemotePolicy(client), 1, PlayConfig(sync=False, headless=True, max_steps=45, epsilon=0))
         wall = time.perf_counter() - started
     assert result.error is None and result.steps == 45
-    assert 12 <= result.steps_per_second <= 16 and wall >= 2.8, "paced at 15 steps/s by default, headless too"
+    # Never faster than the pace; how close to 15 steps/s a loaded machine keeps is bench/bench_play.py's.
+    assert result.steps_per_second <= 16 and wall >= 2.8, "paced at 15 steps/s by default, headless too"
     summary = result.to_json()["staleness_steps"]
     assert summary["p50"] <= 1, summary
 
@@ -168,7 +174,7 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
     args += ["--fallback-modelpath", str(agents["breakout"])] if fallback else ["--sync", "--reconnect", "0"]
     with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
         game = Player(*args)
-        time.sleep(6)  # playing against the server meanwhile
+        wait_for_answers(server, "atari", 100)  # playing against the server meanwhile
         server.stop()
     if fallback:
         game.wait_for("playing on with local inference")
@@ -242,7 +248,7 @@ def test_server_unreachable_or_wrong_game_is_one_line(server) -> None:
 
 
 def test_standalone_refuses_a_model_of_another_game(agents: dict[str, Path]) -> None:
-    result = run_command(STANDALONE, "--modelpath", str(agents["pong"]), "--headless")
+    result = run_standalone(agents["pong"])
     assert result.returncode == 2 and "has 6 actions but BreakoutNoFrameskip-v4 has 4" in result.stderr
 
 
@@ -282,9 +288,9 @@ def test_fallback_with_no_server_at_start_plays_locally_then_moves_to_the_server
         "--timeout", "2", "--fallback-modelpath", str(agents["breakout"]), "--json", str(stats),
     )  # fmt: skip
     game.wait_for("playing on with local inference")
-    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics):
+    with serving(repo, http_port=http, grpc_port=grpc_port, metrics_port=metrics) as server:
         game.wait_for("back to remote inference")
-        time.sleep(1)  # a few remote answers
+        wait_for_answers(server, "atari", 15)  # a few remote answers
         ended = game.stop()
     out, err = ended.stdout, ended.stderr
     assert ended.returncode == 0, err
@@ -321,7 +327,7 @@ def test_a_bad_number_is_one_line_before_any_work(flags: list[str], words: list[
 def test_an_output_file_in_a_missing_folder_is_refused_before_playing(flag: str, agents: dict[str, Path]) -> None:
     target = "/nonexistent-folder/out." + {"--json": "json", "--screenshot": "png", "--record": "gif"}[flag]
     started = time.monotonic()
-    result = run_command(STANDALONE, "--modelpath", str(agents["breakout"]), "--headless", flag, target)
+    result = run_standalone(agents["breakout"], flag, target)
     one_error_line(result, flag, "/nonexistent-folder does not exist", alone=True)
     assert "episode" not in result.stdout and time.monotonic() - started < 30, "refused before playing"
 
@@ -352,4 +358,5 @@ def test_local_inference_in_a_client_only_install_is_one_line(
     )
     result = run_python_without(code, modules=("gym", "chainer", "chainerrl"))
     line = one_error_line(result, "./setup.sh", alone=True)
-    assert line.startswith(f"error: {flag} "), line
+    # Every package it lacks, not only the first import that failed (gym, which ChainerRL imports).
+    assert line.startswith(f"error: {flag} ") and "needs chainer, chainerrl, gym, which are not installed" in line, line

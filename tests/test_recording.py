@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
+from helpers import run_standalone
 
 from atari_trtis_demo.play.screen import RECORD_EVERY
 from atari_trtis_demo.train.agent import make_agent
 
-ROOT = Path(__file__).resolve().parents[1]
-STANDALONE = ROOT / "standalone_src" / "app.py"
 REAL_TIME_FPS = 15.0  # agent steps per second at 60 Atari frames/s
 STEPS = 40
 
@@ -23,11 +19,7 @@ def test_mp4_recording_is_real_time(tmp_path: Path) -> None:
     pytest.importorskip("imageio_ffmpeg", reason="installed by ./setup.sh (requirements_client.txt)")
     make_agent(4, env_id="BreakoutNoFrameskip-v4").save(str(tmp_path / "agent"))
     video = tmp_path / "x.mp4"
-    result = subprocess.run(
-        [sys.executable, str(STANDALONE), "--modelpath", str(tmp_path / "agent"), "--headless", "--fps", "0",
-         "--max-steps", str(STEPS), "--record", str(video)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "SDL_VIDEODRIVER": "dummy"},
-    )  # fmt: skip
+    result = run_standalone(tmp_path / "agent", "--fps", "0", "--max-steps", str(STEPS), "--record", str(video))
     assert result.returncode == 0, result.stderr
     with imageio.get_reader(str(video)) as reader:  # imageio-ffmpeg's reader
         meta = reader.get_meta_data()

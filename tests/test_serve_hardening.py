@@ -34,6 +34,7 @@ from helpers import (
     start_command,
     start_serve,
     tritonserver_pid,
+    wait_for_answers,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -280,8 +281,9 @@ def test_triton_runs_with_the_hard_open_file_limit(server) -> None:
 def served(repository: Path, tmp_path_factory: pytest.TempPathFactory):
     """A ``serve`` command running for this module's restart tests, stderr in a file."""
     stderr = tmp_path_factory.mktemp("served") / "serve.err"
-    proc, grpc_port, http, workdir = start_serve(repository, stderr)
-    yield proc, grpc_port, http, workdir, stderr
+    started = start_serve(repository, stderr=stderr.open("w"))
+    proc, workdir = started.proc, started.workdir
+    yield proc, started.grpc_port, started.http_port, workdir, stderr
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr.read_text()[-2000:]
@@ -309,14 +311,15 @@ def test_a_sync_player_rides_through_a_crash_and_restart(repository: Path, tmp_p
     A serve of its own: the module's ``served`` already dies four times in its other tests, and a
     fifth death within 5 minutes would (rightly) end it.
     """
-    proc, grpc_port, _, workdir = start_serve(repository, tmp_path / "serve.err")
+    started = start_serve(repository, stderr=(tmp_path / "serve.err").open("w"))
+    proc, grpc_port, workdir = started.proc, started.grpc_port, started.workdir
     stats = tmp_path / "stats.json"
     player = start_command(
         REMOTE, "--host", "127.0.0.1", "--port", str(grpc_port), "--sync", "--headless", "--max-steps", "150",
         "--json", str(stats), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        time.sleep(3)  # a few seconds of play at 15 steps/s
+        wait_for_answers(started, "atari", 40)  # a few seconds of play at 15 steps/s
         assert player.poll() is None, player.communicate()
         os.kill(tritonserver_pid(workdir), signal.SIGKILL)
         out, err = player.communicate(timeout=90)
@@ -389,7 +392,8 @@ def test_published_http_crash_payloads_leave_inference_answering_within_15_s(ser
 
 
 def test_sigterm_stops_a_wedged_server_in_under_5_s_leaving_nothing(repository: Path, tmp_path: Path) -> None:
-    proc, grpc_port, _, workdir = start_serve(repository, tmp_path / "serve.err")
+    started = start_serve(repository, stderr=(tmp_path / "serve.err").open("w"))
+    proc, workdir = started.proc, started.workdir
     regions = shm_regions_of(Path(workdir))
     pids = processes_using(workdir)
     os.kill(tritonserver_pid(workdir), signal.SIGSTOP)  # wedged: answers nothing, ignores SIGTERM

@@ -64,7 +64,8 @@ def inferences(grpc_port: int) -> int:
 
 def test_a_wedged_tritonserver_is_restarted_and_a_sync_player_rides_it_out(repository: Path, tmp_path: Path) -> None:
     stderr = tmp_path / "serve.err"
-    proc, grpc_port, _, workdir = start_serve(repository, stderr)
+    started = start_serve(repository, stderr=stderr.open("w"))
+    proc, grpc_port, workdir = started.proc, started.grpc_port, started.workdir
     stats = tmp_path / "stats.json"
     player = Player(
         "--host", "127.0.0.1", "--port", str(grpc_port), "--sync", "--headless", "--fps", "15",
@@ -206,7 +207,8 @@ def listening_ports(pid: int) -> set[int]:
 
 
 def test_no_http_leaves_only_the_grpc_listener_and_players_play(repository: Path, tmp_path: Path) -> None:
-    proc, grpc_port, http, workdir = start_serve(repository, tmp_path / "serve.err", "--no-http")
+    started = start_serve(repository, "--no-http", stderr=(tmp_path / "serve.err").open("w"))
+    proc, grpc_port, http, workdir = started.proc, started.grpc_port, started.http_port, started.workdir
     try:
         assert listening_ports(tritonserver_pid(workdir)) == {grpc_port}, "no HTTP, no metrics"
         with pytest.raises(ConnectionRefusedError):

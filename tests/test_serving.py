@@ -24,7 +24,7 @@ from helpers import (
     one_error_line,
     run_command,
     serving_on_free_ports,
-    start_command,
+    start_serve,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -300,24 +300,12 @@ def test_client_survives_a_server_restart(repository: Path) -> None:
     client.close()
 
 
-def start_serve(repository: Path) -> tuple[subprocess.Popen, int, list[str], str]:
-    """The serve command on free ports, read up to its 'Triton log:' line: (process, gRPC port, lines, workdir)."""
-    http, grpc_port, metrics = free_ports(3)
-    proc = start_command(
-        SERVE, "--model-repository", str(repository),
-        "--http-port", str(http), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("Triton log:"):
-            break
-    return proc, grpc_port, lines, str(Path(lines[-1].split()[2].rstrip(";")).parent)
-
-
-def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
-    proc, grpc_port, lines, workdir = start_serve(repository)
+def test_serve_command_stops_cleanly_on_sigterm(repository: Path, tmp_path: Path) -> None:
+    """... and nothing lands in the user's home (onnxruntime in the twins wrote ~/.cache/Microsoft/)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    started = start_serve(repository, env={"HOME": str(home)})
+    proc, grpc_port, lines, workdir = started.proc, started.grpc_port, started.lines, started.workdir
     assert any(f"atari ready at 127.0.0.1:{grpc_port} (gRPC)" in line for line in lines), lines
     assert processes_using(workdir), "tritonserver runs from its temporary directory"
     with InferenceClient("127.0.0.1", grpc_port, "pong") as client:
@@ -328,6 +316,7 @@ def test_serve_command_stops_cleanly_on_sigterm(repository: Path) -> None:
     assert "server stopped" in out
     assert processes_using(workdir) == [], "no tritonserver or backend stub left"
     assert not Path(workdir).exists(), "temporary files removed"
+    assert list(home.rglob("*")) == [], "nothing written into HOME"
 
 
 def no_model(repo: Path, served: Path) -> str:
@@ -408,6 +397,16 @@ def test_serve_refuses_a_port_another_server_holds_and_that_server_keeps_serving
         assert client.infer(frames_batch(1)).shape == (1, 4)
 
 
+def test_serve_checks_the_repository_before_the_ports(server, tmp_path: Path) -> None:
+    """An empty repository and a taken port: the repository is named, not the port (fixing the port first
+    would only lead to the next error)."""
+    empty = tmp_path / "trtismodel"
+    empty.mkdir()
+    result = run_command(SERVE, "--model-repository", str(empty), "--grpc-port", str(server.grpc_port), timeout=60)
+    line = one_error_line(result, str(empty), "no model", alone=True)
+    assert "in use" not in line, line
+
+
 def test_readiness_is_that_of_the_server_started_not_of_whoever_answers_on_the_port(server, tmp_path: Path) -> None:
     """A process that never serves, on a port where another Triton answers ready: never reported ready."""
     from atari_trtis_demo.serving.serve import TritonServer, wait_until_ready
@@ -451,7 +450,8 @@ def test_a_failed_start_names_the_taken_port_and_keeps_the_log(
 
 
 def test_kill_9_of_serve_takes_triton_with_it_and_the_next_start_cleans_up(repository: Path) -> None:
-    proc, grpc_port, _, workdir = start_serve(repository)
+    started = start_serve(repository)
+    proc, grpc_port, workdir = started.proc, started.grpc_port, started.workdir
     assert len(processes_using(workdir)) >= 2, "tritonserver and its backend stub run"
     regions = shm_regions_of(Path(workdir))
     assert regions, "each backend stub has its /dev/shm region"

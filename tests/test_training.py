@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -167,24 +168,116 @@ def test_killed_save_leaves_a_loadable_agent(tmp_path: Path) -> None:
         assert len(values) == 1, "every array comes from the same save"
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path: Path) -> None:
-    proc = start_command(
-        TRAIN, "--gpu", "-1", "--steps", "100000", "--replay-start-size", "50", "--outdir", str(tmp_path),
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    for line in proc.stderr:
+def logged_step(run: Path) -> int:
+    """The last training step ChainerRL logged at an episode's end in ``run``/log.txt (0 before the first)."""
+    log = run / "log.txt"
+    steps = re.findall(r" step:(\d+) episode:", log.read_text()) if log.exists() else []
+    return int(steps[-1]) if steps else 0
+
+
+def interrupted(argv: list[str], past_step: int = 0, timeout: float = 300) -> tuple[subprocess.Popen, Path, str]:
+    """train_dqn.py ``argv``, Ctrl-C'd once its run has logged a training step beyond ``past_step``:
+    (the finished process, its run directory, its stderr)."""
+    proc = start_command(TRAIN, *argv, stderr=subprocess.PIPE)
+    said = []
+    for line in proc.stderr:  # ends with the process: a failed start ends the loop too
+        said.append(line)
         if line.startswith("Output files are saved in"):
             break
-    time.sleep(4)
+    assert said and said[-1].startswith("Output files are saved in"), "".join(said)[-3000:]
+    run = Path(said[-1].split(" in ", 1)[1].strip())
+    deadline = time.monotonic() + timeout
+    while logged_step(run) <= past_step:
+        assert proc.poll() is None and time.monotonic() < deadline, (proc.poll(), logged_step(run))
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    return proc, run, "".join(said) + err
+
+
+def test_ctrl_c_saves_and_the_same_command_continues_the_run(tmp_path: Path) -> None:
+    command = ["--gpu", "-1", "--steps", "100000", "--replay-start-size", "50", "--outdir", str(tmp_path)]
+    proc, first_run, err = interrupted(command)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    run = only_run_dir(tmp_path)
-    saved = [p for p in run.iterdir() if p.name.endswith("_except")]
-    assert len(saved) == 1 and f"--resume {saved[0]}" in err
-    assert read_agent_step(str(saved[0])) > 0
+    assert only_run_dir(tmp_path) == first_run
+    saved = [p for p in first_run.iterdir() if p.name.endswith("_except")]
+    assert len(saved) == 1 and f"--resume {saved[0]}" in err and "run the same command again to continue" in err
+    first_step = read_agent_step(str(saved[0]))
+    assert first_step > 0
     load_agent(make_agent(4), str(saved[0]))
+    first_files = tree_digest(first_run)
+
+    # The very same command takes that run up, says so in one line, and Ctrl-C saves again further on.
+    proc, second_run, err = interrupted(command, past_step=first_step)
+    assert proc.returncode == 130, err
+    said = [line for line in err.splitlines() if "interrupted run" in line]
+    assert said == [
+        f"Continuing the interrupted run {first_run} from {saved[0].name}/ at step {first_step:,}, as this same "
+        "command was stopped there (another --outdir starts afresh); the replay buffer starts empty, and refills "
+        "for 50 steps before updates continue"
+    ], err
+    assert "Resuming from" not in err and "Continuing in a new run directory" not in err, "one line, not three"
+    assert second_run != first_run and tree_digest(first_run) == first_files, "the first run stays as it was"
+    (again,) = [p for p in second_run.iterdir() if p.name.endswith("_except")]
+    assert read_agent_step(str(again)) > first_step
+    assert json.loads((second_run / "args.txt").read_text()) == json.loads((first_run / "args.txt").read_text())
+
+
+def write_run(outdir: Path, name: str, args: dict, agents: dict[str, int], env_id: str = "BreakoutNoFrameskip-v4"):
+    """A run directory as training leaves one: args.txt and agent directories (``{"1200_except": 1200}``), each
+    with the agent_state.json that names its step and game (the weights are not needed to choose among them)."""
+    run = outdir / name
+    run.mkdir(parents=True)
+    (run / "args.txt").write_text(json.dumps(args))
+    for agent, step in agents.items():
+        (run / agent).mkdir()
+        (run / agent / "agent_state.json").write_text(json.dumps({"t": step, "n_actions": 4, "env_id": env_id}))
+    return run
+
+
+def test_the_same_command_takes_up_only_its_own_interrupted_unfinished_run(tmp_path: Path) -> None:
+    from atari_trtis_demo.train.resume import interrupted_run
+    from atari_trtis_demo.train.train_config import TrainOptions
+
+    args = vars(TrainOptions(gpu=-1, outdir=str(tmp_path)))
+    assert interrupted_run(args) is None, "nothing there"
+    write_run(tmp_path, "20260101T000000.000000", args, {"1000_checkpoint": 1000, "1200_except": 1200})
+    point = interrupted_run(args)
+    assert point is not None and (point.agent_dir, point.step) == (
+        str(tmp_path / "20260101T000000.000000" / "1200_except"),
+        1200,
+    )
+    # A newer run of another game, or with any other flag, is another command's: the first is still taken up.
+    pong = {**args, "env": "PongNoFrameskip-v4"}
+    write_run(tmp_path, "20260102T000000.000000", pong, {"3000_except": 3000}, env_id="PongNoFrameskip-v4")
+    write_run(tmp_path, "20260103T000000.000000", {**args, "seed": 1}, {"5000_except": 5000})
+    assert interrupted_run(args).step == 1200 and interrupted_run(pong).step == 3000
+    # The same command's newest run finished (resumed and ran to its end): nothing to take up.
+    write_run(tmp_path, "20260104T000000.000000", args, {"1500_except": 1500, "50000000_finish": 50_000_000})
+    assert interrupted_run(args) is None
+    # Its newest run has no agent saved at Ctrl-C (killed, or running now): not taken up either.
+    write_run(tmp_path, "20260105T000000.000000", args, {"2000_checkpoint": 2000})
+    assert interrupted_run(args) is None
+
+
+def test_resume_from_a_folder_of_runs_takes_the_most_steps_and_says_why(tmp_path: Path) -> None:
+    from atari_trtis_demo.train.resume import resolve_resume
+    from atari_trtis_demo.train.train_config import TrainOptions
+
+    args = vars(TrainOptions())
+    older = write_run(tmp_path, "20260101T000000.000000", args, {"5000_checkpoint": 5000, "5200_except": 5200})
+    write_run(tmp_path, "20260102T000000.000000", args, {"1000_checkpoint": 1000})  # newer, fewer steps
+    write_run(tmp_path, "20260103T000000.000000", args, {"9000_checkpoint": 9000}, env_id="PongNoFrameskip-v4")
+    point = resolve_resume(str(tmp_path), "BreakoutNoFrameskip-v4")
+    assert (point.agent_dir, point.step) == (str(older / "5200_except"), 5200)
+    assert point.why == (
+        f"--resume {tmp_path}: continuing from {older / '5200_except'} (step 5,200, the most steps of its 2 runs "
+        "of BreakoutNoFrameskip-v4 with a checkpoint)"
+    )
+    assert resolve_resume(str(tmp_path), "PongNoFrameskip-v4").step == 9000
+    assert resolve_resume(str(older), "BreakoutNoFrameskip-v4").step == 5200, "a run directory: its newest"
+    assert resolve_resume(str(older / "5000_checkpoint")).why is None, "an agent directory: itself"
 
 
 def _write_agent(path: Path, n_actions: int) -> Path:
@@ -403,3 +496,48 @@ def test_progress_eta_waits_for_the_updates() -> None:
     progress(None, Agent(), 1500)
     last = stream.getvalue().splitlines()[-1]
     assert "ETA 14m" in last and "filling" not in last, last  # 8,500 steps at 10 steps/s
+
+
+def test_a_cpu_eta_of_days_is_followed_by_one_line_naming_the_gpu_and_the_published_agent() -> None:
+    """The README's stage-1 command on the CPU: 5x10^7 steps at ~25 steps/s, weeks. Once, after the first ETA."""
+    import io
+
+    from atari_trtis_demo.train.train_cli import build_parser, cpu_hint
+    from atari_trtis_demo.train.train_config import TrainOptions
+    from atari_trtis_demo.train.training import ProgressLine
+
+    literal = TrainOptions(**vars(build_parser().parse_args(["--env", "BreakoutNoFrameskip-v4", "--gpu", "-1"])))
+    hint = cpu_hint(literal.env)
+    assert "--gpu 0" in hint and "python onnx_converter_src/converter.py --pretrained BreakoutNoFrameskip-v4" in hint
+
+    class Agent:  # no replay buffer: updating, as after the fill
+        pass
+
+    for tty, total, shown in ((False, literal.steps, True), (True, literal.steps, True), (False, 3000, False)):
+        stream = io.StringIO()
+        stream.isatty = lambda tty=tty: tty  # a terminal rewrites the line in place; the hint gets its own
+        progress = ProgressLine(total_steps=total, step_offset=0, stream=stream, interval=0.0, log_interval=0.0,
+                                hint=hint)  # fmt: skip
+        for step in (500, 1000):
+            progress.window = [(progress.start - step / 25, 0)]  # 25 steps/s
+            progress(None, Agent(), step)
+        lines = [line for line in stream.getvalue().replace("\r", "\n").splitlines() if line]
+        assert [line for line in lines if line == hint] == ([hint] if shown else []), lines
+        if shown:
+            assert "ETA 23d" in lines[lines.index(hint) - 1] and lines[-1].startswith("step 1,000/"), lines
+
+
+def test_each_evaluation_says_what_became_of_best() -> None:
+    from atari_trtis_demo.train.training import evaluation_line
+
+    assert (
+        evaluation_line(1500, 0.0, None, None)
+        == "evaluation at step 1,500: mean score 0.00, the run's first, saved to best/"
+    )
+    assert evaluation_line(3000, 2.5, 1500, 0.0) == (
+        "evaluation at step 3,000: mean score 2.50, better than the 0.00 at step 1,500: saved to best/"
+    )
+    assert (
+        evaluation_line(4500, 1.0, 3000, 2.5)
+        == "evaluation at step 4,500: mean score 1.00; best/ keeps the 2.50 of step 3,000"
+    )

@@ -8,6 +8,7 @@ field by field, so a flag the parser knows always reaches the config.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,104 @@ def test_train_flags_keep_chainerrls_spellings_and_defaults() -> None:
     assert (TrainOptions.steps, TrainOptions.replay_start_size, TrainOptions.eval_n_steps) == (5 * 10**7, 50000, 125000)
     # args.txt in a run directory is vars() of the options: the flags' names, in the order argparse had them.
     assert list(vars(options)) == [a.dest for a in parser._actions if a.dest != "help"]
+
+
+# --- every default --help shows is the one the command uses ---------------------------------------------------------
+
+# Defaults --help describes in words, not as a value: (the words it starts with, the value the command then has).
+DESCRIBED = {
+    "--env": ("the ", None),  # the model's own game (resolved from the model), else DEFAULT_ENV_ID: see below
+    "--load": ("a new agent", None),
+    "--version": ("the next free one", None),
+    "--sync": ("asynchronous inference", False),
+    "--expose-http": ("they stay on 127.0.0.1", False),
+}
+
+
+def used_values(command: str) -> dict[str, object]:
+    """For each flag of ``command`` (by its first spelling): the value the command uses when the flag is absent,
+    as its code resolves it (configs built from an empty command line, the entry points' keyword defaults, the
+    play loop's episode cap and game-over time)."""
+    import inspect
+
+    from atari_trtis_demo.play.play_result import GAME_OVER_SECONDS
+
+    if command == "train":
+        from atari_trtis_demo.train.train_cli import build_parser
+        from atari_trtis_demo.train.train_config import TrainOptions
+
+        parser, argv, config = build_parser(), [], TrainOptions
+    elif command == "convert":
+        from atari_trtis_demo.convert.convert_cli import build_parser
+        from atari_trtis_demo.convert.convert_config import ConvertOptions
+
+        parser, argv, config = build_parser(), [], ConvertOptions
+    elif command == "serve":
+        from atari_trtis_demo.serving.serve import build_parser
+        from atari_trtis_demo.serving.serve_config import ServeOptions
+
+        parser, argv, config = build_parser(), ["--model-repository", "trtismodel"], ServeOptions
+    else:
+        parser = remote_parser() if command == "play" else standalone_parser()
+        argv, config = ([] if command == "play" else ["--modelpath", "agent"]), None
+    args = parser.parse_args(argv)
+    values = vars(from_args(config, args)) if config else {**vars(args), **vars(play_config(args))}
+    if command == "convert":  # the converter hands its keywords to onnx_export.convert, which resolves the rest
+        from atari_trtis_demo.convert.onnx_export import convert
+
+        values["repository"] = inspect.signature(convert).parameters["repository"].default
+    if command in ("play", "play-local"):
+        values["max_steps"] = play_config(args).episode_cap  # None: the evaluation cap
+        values["game_over_seconds"] = GAME_OVER_SECONDS  # None: this long in a window (0 where no key can come)
+    return {a.option_strings[0]: values[a.dest] for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+def shown_default_matches(shown: str, used: object) -> bool:
+    """``shown`` (what --help says after "default: ") starts with ``used``, as a number, a word or "none"."""
+    value = re.split(r"[;,]|\s", shown, maxsplit=1)[0]
+    if used is None:
+        return value == "none"
+    if isinstance(used, int | float) and not isinstance(used, bool):
+        try:
+            return float(value.replace(",", "")) == float(used)
+        except ValueError:
+            return False
+    return value == str(used)
+
+
+@pytest.mark.parametrize("command", ["train", "convert", "serve", "play", "play-local"])
+def test_every_default_help_shows_is_the_one_used(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each "(default: X)" of ``--help`` against what the command does without the flag: --max-steps said
+    "none" while every episode was capped at 4,500 steps."""
+    from helpers import option_helps
+
+    from atari_trtis_demo.core.contract import DEFAULT_ENV_ID
+
+    monkeypatch.setenv("COLUMNS", "200")
+    parser = {"play": remote_parser, "play-local": standalone_parser}.get(command)
+    if parser is None:
+        module = {"train": "train.train_cli", "convert": "convert.convert_cli", "serve": "serving.serve"}[command]
+        parser = __import__(f"atari_trtis_demo.{module}", fromlist=["build_parser"]).build_parser
+    required = {a.option_strings[0] for a in parser()._actions if a.required}  # given to build the config
+    helps, used = option_helps(parser().format_help()), used_values(command)
+    checked = []
+    for flag, text in helps.items():
+        if flag == "-h" or flag in required:
+            continue
+        match = re.search(r"\(default: (.*)\)$", text)
+        if match is None:
+            # A flag that has a value when absent says it (switches and unset flags may stay silent).
+            assert used[flag] is None or isinstance(used[flag], bool), (command, flag, used[flag], text)
+            continue
+        shown = match.group(1)
+        if flag in DESCRIBED and not shown_default_matches(shown, used[flag]):
+            words, value = DESCRIBED[flag]
+            assert shown.startswith(words) and used[flag] == value, (command, flag, shown, used[flag])
+            if flag == "--env":  # the fallback it names is the one the commands fall back to
+                assert DEFAULT_ENV_ID in shown, shown
+        else:
+            assert shown_default_matches(shown, used[flag]), (
+                f"{command} {flag}: --help says {shown!r}, uses {used[flag]!r}"
+            )
+        checked.append(flag)
+    assert len(checked) >= 4, (command, checked)

@@ -197,3 +197,47 @@ def test_standalone_player_is_synchronous_unless_asked(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         modes[tuple(flags)] = json.loads(stats.read_text())["mode"]
     assert modes == {(): "sync", ("--async",): "async"}
+
+
+def drawn_whole_and_by_letter(font, word: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``word`` drawn whole, and letter by letter with each letter at the advances of the ones before it: both
+    images (the second cut to the first's size) and the letters' advances summed."""
+    white, black = (255, 255, 255), (0, 0, 0)
+    whole = font.render(word, True, white, black)
+    letters = pygame.Surface((whole.get_width() + 64, whole.get_height()))
+    letters.fill(black)
+    x = 0
+    for letter, metrics in zip(word, font.metrics(word), strict=True):
+        # Max, not over: a letter's box may overlap its neighbour's ink (an 'r' overhangs its advance).
+        letters.blit(font.render(letter, True, white, black), (x, 0), special_flags=pygame.BLEND_RGB_MAX)
+        x += metrics[4]
+    width, height = whole.get_size()
+    return (
+        pygame.surfarray.array3d(whole).astype(int),
+        pygame.surfarray.array3d(letters)[:width, :height].astype(int),
+        x,
+    )
+
+
+# Words of the overlay, the labels and the banners.
+OVERLAY_WORDS = ("episode", "window", "score", "steps/s", "rtt", "inference", "latency", "SYNC", "GAME", "any")
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 4])
+def test_the_windows_draw_words_whole(scale: float) -> None:
+    """Each word of the overlay is its letters side by side at their advances. pygame.font drew 'episode' 3 px
+    wider than that at the overlay's 16 px, the pixels bunched into a gap ('episod e', 'w indow'), at every size
+    the windows use. Only the edges where two letters' anti-aliasing meet may differ a little."""
+    from atari_trtis_demo.play.grid_screen import GridScreen
+    from atari_trtis_demo.play.screen import Screen
+
+    screen = Screen("fonts", scale=scale, headless=True, screenshot="unused.png")
+    fonts = [screen.font, screen.big_font]
+    if scale == 1:
+        grid = GridScreen("fonts", 4, scale=1, headless=True, screenshot="unused.png")
+        fonts += [grid.font, grid.big_font, grid.cell_font]
+    for font in fonts:
+        for word in OVERLAY_WORDS:
+            whole, letters, advances = drawn_whole_and_by_letter(font, word)
+            assert whole.shape[0] <= advances + 2, ("wider than its letters", word, font.get_linesize())
+            assert np.abs(whole - letters).max() <= 32, ("a letter moved", word, font.get_linesize())

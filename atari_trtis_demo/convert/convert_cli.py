@@ -7,8 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from atari_trtis_demo.convert.convert_config import ConvertOptions
-from atari_trtis_demo.core.cli_args import ArgumentParser
+from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertOptions
+from atari_trtis_demo.core.cli_args import CONVERT_MODULES, ArgumentParser, needs_server_install
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, describe_choice
 from atari_trtis_demo.core.typed_flags import add_flags, from_args
@@ -21,12 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Convert; without Chainer (a client install) one ``error:`` line names what is missing."""
+    # Also for onnx_converter_src/converter.py, which runs this main directly.
+    command = os.path.basename(sys.argv[0]) or "converter.py"
+    return needs_server_install(command, lambda: _main(argv), CONVERT_MODULES)() or 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = from_args(ConvertOptions, build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     if (args.model is None) == (args.pretrained is None):
         raise UserError("give --model DIR (an agent directory) or --pretrained ENV (ChainerRL's published agent)")
     from atari_trtis_demo.convert.onnx_export import TOLERANCE, VERIFY_BATCHES, convert
 
-    model_dir, repository = args.model, args.repository or "trtismodel"
+    model_dir, repository = args.model, args.repository or DEFAULT_REPOSITORY
     if args.pretrained:
         from atari_trtis_demo.train.model_zoo import pretrained_root, save_pretrained
 
@@ -34,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--env {args.env_id} contradicts --pretrained {args.pretrained}; give only --pretrained")
         root = pretrained_root(args.pretrained)
         model_dir = args.pretrained_dir or os.path.join(root, args.pretrained_type)
-        repository = args.repository or os.path.join(root, "trtismodel")
+        repository = args.repository or os.path.join(root, DEFAULT_REPOSITORY)
         save_pretrained(args.pretrained, args.pretrained_type, model_dir)
         print(f"saved ChainerRL's published {args.pretrained_type} DQN for {args.pretrained} in {model_dir}")
     result = convert(model_dir, repository=repository, **args.convert_settings())

@@ -25,6 +25,8 @@ from atari_trtis_demo.core.model_config import (
 )
 from atari_trtis_demo.core.typed_flags import flag
 
+# Where the converter writes unless told (the tracked example repository).
+DEFAULT_REPOSITORY = "trtismodel"
 # The fields that are onnx_export.convert's keywords of the same name (the rest the command resolves).
 CONVERT_KEYWORDS = (
     "out", "name", "version", "max_batch_size", "instance_kind", "instance_count", "max_queue_delay_us", "force",
@@ -57,8 +59,8 @@ class ConvertOptions:
     gpu: int = flag(-1, type=int_in(-1), help="accepted for compatibility and ignored: conversion runs on CPU")
     repository: str | None = flag(
         None,
-        help="Triton model repository to write into (default trtismodel; with --pretrained "
-        "results/pretrained/<ENV>/trtismodel)",
+        help=f"Triton model repository to write into (default: {DEFAULT_REPOSITORY}; with --pretrained: "
+        f"results/pretrained/<ENV>/{DEFAULT_REPOSITORY})",
     )
     name: str = flag(DEFAULT_MODEL_NAME, type=model_name, help="model name in the repository (letters, digits, _ - .)")
     version: int | None = flag(None, type=int_in(1), help="version number (default: the next free one)")

@@ -17,9 +17,13 @@ import chainer
 import numpy as np
 import onnx
 import onnx_chainer
-import onnxruntime as ort
 
-from atari_trtis_demo.convert.convert_config import ConvertOptions
+# onnxruntime's telemetry writes a device id and a database under ~/.cache/Microsoft/ at import
+# (measured with 1.32.0); the user asked for a conversion, not that. Their own setting wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
+
+from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertOptions
 from atari_trtis_demo.core.contract import INPUT_NAME, OUTPUT_NAME
 from atari_trtis_demo.core.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
@@ -152,7 +156,7 @@ def convert(
     model_dir: str,
     *,
     out: str | None = None,
-    repository: str | None = "trtismodel",
+    repository: str | None = DEFAULT_REPOSITORY,
     name: str = ConvertOptions.name,
     version: int | None = None,
     # The defaults are the converter's own (ConvertOptions'), written there once.

@@ -13,24 +13,58 @@ any work, with exit code 2 like every other bad flag.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
 
-# What training, conversion and local play import that a client install (./setup.sh --client) leaves out.
-SERVER_SIDE_MODULES = frozenset({"chainer", "chainerrl", "onnx_chainer", "onnx", "onnxruntime", "gym", "matplotlib"})
+# What each Chainer-side command imports that a client install (./setup.sh --client) leaves out
+# (module names). ChainerRL imports gym.
+LOCAL_PLAY_MODULES = ("chainer", "chainerrl", "gym")
+TRAIN_MODULES = (*LOCAL_PLAY_MODULES, "matplotlib")
+CONVERT_MODULES = (*LOCAL_PLAY_MODULES, "onnx", "onnx_chainer", "onnxruntime")
+PLOT_MODULES = ("matplotlib",)
+SERVER_SIDE_MODULES = frozenset(TRAIN_MODULES + CONVERT_MODULES)
 
 
-def needs_server_install(command: str, main: Callable[[], int | None]) -> Callable[[], int | None]:
-    """``main``, where a missing Chainer-side package is one ``error:`` line saying what to install.
+def missing_modules(names: Iterable[str]) -> list[str]:
+    """Those of the top-level modules ``names`` that this environment cannot import, in order."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def server_install_message(command: str, missing: Iterable[str]) -> str:
+    """One line: ``command`` needs these modules, which a client install leaves out; what to run."""
+    names = list(missing)
+    return (
+        f"{command} needs {', '.join(names)}, {'which is' if len(names) == 1 else 'which are'} not installed: a "
+        "client install (./setup.sh --client) has only what atari-play needs; run ./setup.sh for training, "
+        "conversion, local play and the learning curve"
+    )
+
+
+def needs_server_install(
+    command: str, main: Callable[[], int | None], needs: Iterable[str] = sorted(SERVER_SIDE_MODULES)
+) -> Callable[[], int | None]:
+    """``main``, where a missing Chainer-side package is one ``error:`` line naming what is missing.
 
     ``pip install`` of this package installs every console script, also on a client-only
     install; without this, ``atari-train`` there ended in a 14-line ModuleNotFoundError.
     The import fails only once a command needs it, so ``--help`` and flag errors still work.
+    ``needs``: the modules the command imports from the full install; the line names every one
+    of them that is missing, not only the first import that failed (for local play that was
+    gym, which ChainerRL imports: installing gym alone would not have helped).
     """
 
     def guarded() -> int | None:
@@ -40,11 +74,8 @@ def needs_server_install(command: str, main: Callable[[], int | None]) -> Callab
             top = (e.name or "").split(".")[0]
             if top not in SERVER_SIDE_MODULES:
                 raise
-            raise UserError(
-                f"{command} needs Chainer's side of the project ({top} is not installed), which a client install "
-                "(./setup.sh --client) leaves out: "
-                "run ./setup.sh for training, conversion and local play (or use atari-play, which needs no Chainer)"
-            ) from e
+            missing = missing_modules(needs)
+            raise UserError(server_install_message(command, missing if top in missing else [*missing, top])) from e
 
     return guarded
 

@@ -51,3 +51,8 @@ AGENT_STATE_FILE = "agent_state.json"
 REQUEST_BATCH_KEY = "max_batch_size"
 # The model name the converter writes and the players ask for by default.
 DEFAULT_MODEL_NAME = "atari"
+
+# ChainerRL's reproduction scores an agent on episodes of at most 5 minutes of play: 18,000
+# frames, 4,500 agent steps. Training's final evaluation and every play episode (unless
+# --max-steps) are capped at this.
+EVALUATION_EPISODE_CAP = 4500

@@ -1,7 +1,7 @@
 """How the player reaches the server: the gRPC target and channel, TLS, and the player's key.
 
 Split from :mod:`atari_trtis_demo.play.inference_client`, which builds its channel from these:
-retries and reconnect backoff tuned for a server that closes connections every 2 s, a bound
+retries and reconnect backoff tuned for a server that closes connections every second, a bound
 on answer size, a TLS root read and checked where the error can name ``--tls-ca``, and the key
 from ``$ATARI_DEMO_KEY`` sent as gRPC metadata. No Chainer here.
 """
@@ -23,7 +23,7 @@ from atari_trtis_demo.core.keys import PLAYER_GRPC_HEADER, PLAYER_HEADER, PLAYER
 KEY_ENV, KEY_HEADER, TRITON_KEY_HEADER = PLAYER_KEY_ENV, PLAYER_HEADER, PLAYER_GRPC_HEADER
 # A restarted server should be found again within about a second, not after gRPC's
 # default backoff of up to two minutes.
-# serve closes every connection after 2 s (a stream flood cannot hold the server): a call
+# serve closes every connection after 1 s (a stream flood cannot hold the server): a call
 # that races the close fails UNAVAILABLE before the server saw it. gRPC retries such a call
 # (inference is idempotent) a few times within 0.1 s; a server that is really away still
 # fails at once, as before, after those retries.

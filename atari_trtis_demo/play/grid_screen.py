@@ -96,9 +96,11 @@ class GridScreen(Screen):
         super().__init__(title, scale=scale, headless=headless, record=record, screenshot=screenshot)
 
     def make_fonts(self) -> None:
-        self.font = self.pygame.font.Font(None, 20)
-        self.big_font = self.pygame.font.Font(None, 48)
-        self.cell_font = self.pygame.font.Font(None, LABEL_FONT_SIZE)
+        from atari_trtis_demo.play.overlay_font import OverlayFont  # words whole: see its module
+
+        self.font = OverlayFont(20)
+        self.big_font = OverlayFont(48)
+        self.cell_font = OverlayFont(LABEL_FONT_SIZE)
         self.label_height = LABEL_HEIGHT
         self.bar_height = 2 * self.font.get_linesize() + 4
 

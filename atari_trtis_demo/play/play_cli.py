@@ -23,6 +23,9 @@ from atari_trtis_demo.play.play_result import PlayConfig
 if TYPE_CHECKING:
     from atari_trtis_demo.play.policies import Policy
 
+# The most games one command plays at once (--games): what a 2-core machine starts in about a minute
+# (each game loads its ROM twice, about 0.1 s each time).
+GAMES_LIMIT = 256
 # PlayConfig's flags that only the remote player has; the standalone player declares its own --sync.
 REMOTE_ONLY = ("sync", "reconnect", "request_timeout")
 
@@ -36,8 +39,13 @@ class RemoteOptions:
     model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
     tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
-    # 256: what a 2-core machine starts in about a minute (each game loads its ROM twice, 0.1 s each time).
-    games: int = flag(1, type=int_in(1, 256), help="play N games at once, a grid in the window")
+    games: int = flag(
+        1,
+        type=int_in(1, GAMES_LIMIT),
+        metavar="N",
+        help=f"play N games at once (1 to {GAMES_LIMIT}), in banks that ask the server one wave per step, in a grid "
+        "in the window",
+    )
     workers: int = flag(
         1,
         type=int_in(1, 64),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from atari_trtis_demo.core.cli_args import float_in, int_in, output_file
+from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
 from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, EVAL_EPSILON
 from atari_trtis_demo.core.typed_flags import flag
 from atari_trtis_demo.play.play_stats import staleness_buckets, staleness_summary
@@ -21,8 +22,6 @@ from atari_trtis_demo.play.screen import DEFAULT_SCALE
 
 # The Atari's own pace: 60 frames/s, and one agent step is 4 frames (action repeat).
 REAL_TIME_FPS = 15.0
-# ChainerRL's reproduction evaluates episodes of at most 5 minutes: 18,000 frames, 4,500 agent steps.
-EVALUATION_EPISODE_CAP = 4500
 # How long a player rides out a server that is away, by default (--reconnect).
 RECONNECT_SECONDS = 30.0
 # The remote player's per-request deadline, by default (--timeout).
@@ -46,20 +45,30 @@ class PlayConfig:
         help=f"the game (default: the model's own, else {DEFAULT_ENV_ID} if it records none)",
     )
     episodes: int = flag(1, type=int_in(1), help="whole games to play (all lives)")
-    # None: the evaluation cap, EVALUATION_EPISODE_CAP
-    max_steps: int | None = flag(None, type=int_in(1), help="cap on agent steps per episode (default: none)")
+    # None: the evaluation cap, EVALUATION_EPISODE_CAP (episode_cap)
+    max_steps: int | None = flag(
+        None,
+        type=int_in(1),
+        help=f"cap on agent steps per episode (default: {EVALUATION_EPISODE_CAP}, the cap of the reproduction's "
+        "evaluation: 5 minutes of play)",
+    )
     # The remote player's --sync; the standalone player declares its own (--sync/--async, on by default).
     sync: bool = flag(False, action="store_true", help="wait for each action (default: asynchronous inference)")
     headless: bool = flag(False, action="store_true", help="no window (servers, tests, benchmarks)")
     fps: float = flag(
         REAL_TIME_FPS,
         type=float_in(0, 10000),
-        help="agent steps per second, window and headless alike (default 15: the Atari's own pace, 60 frames/s "
+        help="agent steps per second, window and headless alike (default: 15, the Atari's own pace, 60 frames/s "
         "with 4 frames a step; 0: as fast as possible, and async play then applies actions as many steps old "
         "as fit into one round trip)",
     )
     rendering_scale: float = flag(
-        DEFAULT_SCALE, "--rendering_scale", type=float_in(0.5, 16), help="window size as a multiple of 160x210 (1.5...)"
+        DEFAULT_SCALE,
+        "--rendering_scale",
+        type=float_in(0.5, 16),
+        metavar="SCALE",
+        help="size of the game in the window: each Atari pixel drawn SCALE x SCALE (160x210 at 1, 480x630 at 3; "
+        "0.5 to 16, fractions allowed)",
     )
     seed: int = flag(0, type=int_in(0, 2**31 - 1), help="seeds the emulator, the no-op starts and the random actions")
     epsilon: float = flag(EVAL_EPSILON, type=float_in(0, 1), help="fraction of random actions, as the original")
@@ -77,7 +86,7 @@ class PlayConfig:
         RECONNECT_SECONDS,
         type=float_in(0, 86400),
         help="while the server is away, play on (sync waits, async plays its last action) for up to SECONDS, then "
-        "end with exit code 1 (default 30; 0: end at the first failed request)",
+        "end with exit code 1 (default: 30; 0: end at the first failed request)",
         metavar="SECONDS",
     )
     # A remote policy's per-request deadline: an answer older is lost. None: no deadline (tests, the local player).
@@ -86,14 +95,16 @@ class PlayConfig:
         "--timeout",
         unset=REQUEST_TIMEOUT_SECONDS,
         type=float_in(0, 600, low_open=True),
-        help="per-request deadline, s",
+        metavar="SECONDS",
+        help="how long one request may wait for its answer",
     )
     # None: GAME_OVER_SECONDS where a key can come, else 0
     game_over_seconds: float | None = flag(
         None,
         type=float_in(0, 3600),
-        help="how long the window stays on the game-over screen unless a key is pressed (default 10 s in a "
-        "window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
+        metavar="SECONDS",
+        help=f"how long the window stays on the game-over screen unless a key is pressed (default: "
+        f"{GAME_OVER_SECONDS:g} in a window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
     )
     json: str | None = flag(None, type=output_file, help="write the statistics to FILE.json")
     # Not a flag: the index of the first game played in this process (a worker's share: play_workers).

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from atari_trtis_demo.core.cli_args import LOCAL_PLAY_MODULES, missing_modules, server_install_message
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
 from atari_trtis_demo.play.play_stats import LatencyStats
@@ -111,10 +112,8 @@ class LocalChainerPolicy(Policy):
         try:
             from atari_trtis_demo.train.agent import batch_q_values, load_q_function
         except ImportError as e:  # a client-only install (./setup.sh --client) has no Chainer
-            raise UserError(
-                f"{flag} {model_dir}: local inference needs Chainer and ChainerRL, which this environment lacks "
-                f"({e.name or e}): install everything with ./setup.sh (not --client)"
-            ) from None
+            missing = missing_modules(LOCAL_PLAY_MODULES) or [e.name or str(e)]
+            raise UserError(server_install_message(f"{flag} {model_dir}: local inference", missing)) from None
         self._forward = batch_q_values
         self.q_function, self.n_actions = load_q_function(model_dir)
         self.name = f"local Chainer {model_dir}"

@@ -63,7 +63,6 @@ class Screen:
         self.pygame = pygame
         if not headless:
             pygame.display.init()
-        pygame.font.init()
         self.make_fonts()
         if headless:
             self.surface = pygame.Surface(self.window_size())
@@ -76,8 +75,10 @@ class Screen:
         return round(ATARI_SIZE[0] * self.scale), round(ATARI_SIZE[1] * self.scale)
 
     def make_fonts(self) -> None:
-        self.font = self.pygame.font.Font(None, max(16, round(8 * self.scale)))
-        self.big_font = self.pygame.font.Font(None, max(32, round(20 * self.scale)))
+        from atari_trtis_demo.play.overlay_font import OverlayFont  # words whole: see its module
+
+        self.font = OverlayFont(max(16, round(8 * self.scale)))
+        self.big_font = OverlayFont(max(32, round(20 * self.scale)))
 
     @property
     def interactive(self) -> bool:

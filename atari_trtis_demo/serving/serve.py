@@ -130,13 +130,15 @@ def start_server(
     web_address = http_address(address, expose_http)
     web_ports = {} if no_http else {"--http-port": http_port, "--metrics-port": metrics_port}
     check_port_numbers({"--grpc-port": grpc_port, **web_ports})
+    # The repository before the ports: a user who fixes a taken port must not then learn that the
+    # repository holds no model (the tracked trtismodel/ holds none until a conversion).
+    check_repository_files(repository)
+    models = read_repository(repository)
     if web_address == address:
         check_ports(address, {"--grpc-port": grpc_port, **web_ports})
     else:
         check_ports(address, {"--grpc-port": grpc_port})
         check_ports(web_address, web_ports)
-    check_repository_files(repository)
-    models = read_repository(repository)
     for stale in clean_stale_workdirs():
         print(f"removed {stale}, left by a server that was killed", file=sys.stderr, flush=True)
     binary = pytriton_dir() / "bin" / "tritonserver"
@@ -179,9 +181,9 @@ def start_server(
             f"--backend-config=python,shm-region-prefix-name={shm_prefix(workdir)}",
             # Triton keeps every streamed request until its answer is written, and a client
             # that never reads lets none be written: one unread ModelStreamInfer stream grew
-            # tritonserver past 3 GB in 10 s. Closing every connection after 2 s (1 s of grace
+            # tritonserver past 3 GB in 10 s. Closing every connection after 1 s (0.5 s of grace
             # for calls in flight) bounds what one connection can hold; players reconnect at
-            # once and retry the rare call cut by the close (inference_client.CHANNEL_OPTIONS).
+            # once and retry the rare call cut by the close (client_channel.CHANNEL_OPTIONS).
             # Figures: docs/serving.md, "A stream flood".
             f"--grpc-max-connection-age={GRPC_CONNECTION_AGE_MS}",
             f"--grpc-max-connection-age-grace={GRPC_CONNECTION_AGE_GRACE_MS}",
@@ -189,7 +191,7 @@ def start_server(
             *access.triton_flags(),
         ]
         server = TritonServer(
-            None,  # type: ignore[arg-type]  # set by _launch
+            None,  # type: ignore[arg-type]  # set by launch (triton_process)
             address, http_port, grpc_port, metrics_port, [m.name for m in models], workdir, workdir / LOG_FILE,
             http_address=web_address, tls_cert=tls[0] if tls else None, access=access, admin_key_file=key_file,
             command=command, serves_http=not no_http,

@@ -21,16 +21,26 @@ class ServeOptions:
     model_repository: str = flag(help="the repository, e.g. trtismodel")
     address: str = flag(
         "127.0.0.1",
-        help="address for gRPC (default 127.0.0.1; any other than loopback needs ATARI_DEMO_KEY or --no-key)",
+        help="address for gRPC (default: 127.0.0.1; any other than loopback needs ATARI_DEMO_KEY or --no-key)",
     )
     http_port: int = flag(8000, type=port, help="Triton's HTTP/REST port")
     grpc_port: int = flag(8001, type=port, help="Triton's gRPC port, the players' --port")
     metrics_port: int = flag(8002, type=port, help="Prometheus metrics port")
     backend_directory: str | None = flag(
-        None, help="Triton backends with onnxruntime: serve as is (default: the python-backend twin)"
+        None,
+        metavar="DIR",
+        help="a folder of Triton backends that has onnxruntime's (as /opt/tritonserver/backends in NVIDIA's "
+        "container): serve each model.onnx with it, the repository as it is (default: none; this machine's "
+        "tritonserver has no onnxruntime backend, so a python-backend twin runs each model.onnx with onnxruntime)",
     )
     log_verbose: int = flag(0, type=int_in(0, 3), help="Triton's log detail, 0-3")
-    ready_timeout: float = flag(120.0, type=float_in(0, low_open=True), help="seconds")
+    ready_timeout: float = flag(
+        120.0,
+        type=float_in(0, low_open=True),
+        metavar="SECONDS",
+        help="how long Triton may take to load every model and answer ready, at start and after a restart, "
+        "before serve gives up",
+    )
     tls_cert: str | None = flag(None, metavar="FILE", help="PEM certificate: serve gRPC over TLS")
     tls_key: str | None = flag(None, metavar="FILE", help="PEM private key of --tls-cert")
     no_key: bool = flag(

@@ -173,4 +173,6 @@ def server_environment() -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR") or os.path.join(sys.base_prefix, "lib")
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     env["ATARI_TRTIS_SITE_PACKAGES"] = sysconfig.get_paths()["purelib"]
+    # The twin's onnxruntime would write a telemetry device id under ~/.cache/Microsoft/ (as onnx_export says).
+    env.setdefault("ORT_DISABLE_TELEMETRY", "1")
     return env

@@ -16,6 +16,8 @@ from atari_trtis_demo.core.errors import UserError
 # Where ChainerRL's model zoo lives; ATARI_DEMO_MODEL_ZOO_URL overrides it (a mirror,
 # or a file:// directory of archives in the tests).
 MODEL_ZOO_URL_VARIABLE = "ATARI_DEMO_MODEL_ZOO_URL"
+# How long the zoo may take to answer before --pretrained gives up (a firewall that drops packets).
+PROBE_TIMEOUT_SECONDS = 30.0
 
 
 def download_pretrained(env_id: str, model_type: str, *, flag: str = "--load-pretrained") -> str:
@@ -38,6 +40,10 @@ def download_pretrained(env_id: str, model_type: str, *, flag: str = "--load-pre
         if not os.environ.get(MODEL_ZOO_URL_VARIABLE)
         else f"check the mirror in {MODEL_ZOO_URL_VARIABLE}"
     )
+    if not os.path.exists(_cached_archive(game, model_type)):
+        # ChainerRL's downloader prints "Downloading ..." and makes its cache folders (~/.chainer)
+        # before it tries the network: offline, that left a cache folder and a misleading line.
+        _check_reachable(where, f"{flag}: cannot download {where}", mirror)
     try:
         path, _ = pretrained_models.download_model("DQN", f"{game}NoFrameskip-v4", model_type=model_type)
     except urllib.error.URLError as e:
@@ -46,6 +52,26 @@ def download_pretrained(env_id: str, model_type: str, *, flag: str = "--load-pre
         shutil.rmtree(_zoo_dir(game), ignore_errors=True)  # never keep a bad archive cached
         raise UserError(f"{flag}: {where} is not a valid zip archive; {mirror}") from e
     return path
+
+
+def _cached_archive(game: str, model_type: str) -> str:
+    """Where ChainerRL keeps a downloaded archive (its cache, ``$CHAINER_DATASET_ROOT`` or ~/.chainer/dataset);
+    the path only: nothing is created."""
+    from chainer.dataset.download import get_dataset_root
+
+    return os.path.join(get_dataset_root(), "pfnet", "chainerrl", "models", "DQN", game, f"{model_type}.zip")
+
+
+def _check_reachable(url: str, failure: str, mirror: str) -> None:
+    """Open ``url`` (and close it unread): a :class:`UserError` ``failure (reason); mirror`` when it cannot be."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_SECONDS):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise UserError(f"{failure} ({getattr(e, 'reason', e)}); {mirror}") from e
 
 
 def _zoo_dir(game: str) -> str:

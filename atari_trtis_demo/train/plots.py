@@ -7,7 +7,7 @@ import json
 import os
 
 from atari_trtis_demo.core.atomic import replacing_file
-from atari_trtis_demo.core.cli_args import ArgumentParser, run_cli
+from atari_trtis_demo.core.cli_args import PLOT_MODULES, ArgumentParser, needs_server_install, run_cli
 from atari_trtis_demo.core.errors import UserError
 
 
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(needs_server_install("python -m atari_trtis_demo.train.plots", main, PLOT_MODULES))

@@ -16,15 +16,19 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from atari_trtis_demo.core.cli_args import ArgumentParser, needs_server_install
+from atari_trtis_demo.core.cli_args import TRAIN_MODULES, ArgumentParser, needs_server_install
+from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
 from atari_trtis_demo.core.envs import EVAL_EPSILON, OldGymAPI, make_env
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import recorded_env_id
 from atari_trtis_demo.core.typed_flags import add_flags, from_args
 from atari_trtis_demo.train.gpu import check_gpu
 from atari_trtis_demo.train.train_config import TrainOptions
+
+if TYPE_CHECKING:
+    from atari_trtis_demo.train.resume import ResumePoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +62,8 @@ class Start:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train; without Chainer (a client install) one ``error:`` line says what to install."""
     # Also for train_src/train_dqn.py, which runs this main directly (atari-train goes through console.train).
-    return needs_server_install(os.path.basename(sys.argv[0]) or "train_dqn.py", lambda: _main(argv))() or 0
+    command = os.path.basename(sys.argv[0]) or "train_dqn.py"
+    return needs_server_install(command, lambda: _main(argv), TRAIN_MODULES)() or 0
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -71,8 +76,12 @@ def _main(argv: Sequence[str] | None) -> int:
     # Chainer and ChainerRL are slow to import: only after the cheap checks.
     from chainerrl import misc
 
+    from atari_trtis_demo.train.resume import interrupted_run, where_saved
+
     misc.set_random_seed(args.seed, gpus=(args.gpu,))
-    agent, start = initial_agent(args, train_env.action_space.n)
+    # The same command again after Ctrl-C takes its interrupted run up (an explicit --resume is obeyed as given).
+    continuing = None if args.resume or args.demo else interrupted_run(vars(args))
+    agent, start = initial_agent(args, train_env.action_space.n, continuing)
     if args.demo:
         evaluate_demo(agent, eval_env, args)
         return 0
@@ -87,7 +96,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         evaluator = train(agent, train_env, eval_env, args, outdir, start)
     except KeyboardInterrupt:
-        print(f"\nInterrupted at step {agent.t:,}: {where_saved(outdir)}", file=sys.stderr)
+        print(f"\nInterrupted at step {agent.t:,}: {where_saved(outdir, again=not args.resume)}", file=sys.stderr)
         return 130
     final_evaluation(agent, eval_env, args, outdir, best=(evaluator.best_step, evaluator.best_score))
     return 0
@@ -100,10 +109,11 @@ def make_envs(args: TrainOptions) -> tuple[OldGymAPI, OldGymAPI]:
     return train_env, OldGymAPI(make_env(args.env, train=False, seed=eval_seed), seed=eval_seed)
 
 
-def initial_agent(args: TrainOptions, n_actions: int) -> tuple[Any, Start]:
-    """A new DQN, loaded from ``--load``, ``--load-pretrained`` or ``--resume`` when given."""
+def initial_agent(args: TrainOptions, n_actions: int, continuing: ResumePoint | None = None) -> tuple[Any, Start]:
+    """A new DQN, loaded from ``--load``, ``--load-pretrained`` or ``--resume`` when given; from
+    ``continuing`` (the interrupted run of the same command) before all of them."""
     from atari_trtis_demo.train.agent import load_agent, make_agent
-    from atari_trtis_demo.train.training import previous_score_rows, resolve_resume
+    from atari_trtis_demo.train.resume import previous_score_rows, resolve_resume
 
     agent = make_agent(
         n_actions,
@@ -113,16 +123,17 @@ def initial_agent(args: TrainOptions, n_actions: int) -> tuple[Any, Start]:
         final_exploration_steps=args.final_exploration_steps,
         env_id=args.env,  # recorded in every agent directory it saves
     )
-    if args.load:
+    if args.load and not continuing:
         load_agent(agent, args.load, env_n_actions=n_actions)
         return agent, Start(agent_dir=args.load)
-    if args.load_pretrained:
+    if args.load_pretrained and not continuing:
         from atari_trtis_demo.train.model_zoo import download_pretrained
 
         load_agent(agent, download_pretrained(args.env, args.pretrained_type), env_n_actions=n_actions)
         return agent, Start()
-    if args.resume:
-        resume_dir, step_offset = resolve_resume(args.resume)
+    if continuing or args.resume:
+        point = continuing or resolve_resume(args.resume or "", args.env)
+        resume_dir, step_offset = point.agent_dir, point.step
         recorded = recorded_env_id(resume_dir)
         if recorded and recorded != args.env:
             raise UserError(
@@ -132,11 +143,15 @@ def initial_agent(args: TrainOptions, n_actions: int) -> tuple[Any, Start]:
             raise UserError(f"--resume {resume_dir}: already at step {step_offset:,}, not below --steps {args.steps:,}")
         load_agent(agent, resume_dir, env_n_actions=n_actions)
         previous_rows = previous_score_rows(resume_dir, step_offset)
-        print(
-            f"Resuming from {resume_dir} at step {step_offset:,} (the replay buffer starts empty, "
-            f"and refills for {args.replay_start_size:,} steps before updates continue)",
-            file=sys.stderr,
+        refill = (
+            f"the replay buffer starts empty, and refills for {args.replay_start_size:,} steps before updates continue"
         )
+        if continuing:  # one line: which run, why, and what starts over
+            print(f"{point.why}; {refill}", file=sys.stderr)
+        else:
+            if point.why:  # a folder of runs: which it took and why
+                print(point.why, file=sys.stderr)
+            print(f"Resuming from {resume_dir} at step {step_offset:,} ({refill})", file=sys.stderr)
         return agent, Start(step_offset, previous_rows, resume_dir)
     return agent, Start()
 
@@ -198,15 +213,16 @@ def train(agent: Any, train_env: OldGymAPI, eval_env: OldGymAPI, args: TrainOpti
         checkpoint_freq=args.checkpoint_freq,
         step_offset=start.step_offset,
         previous_rows=start.previous_rows,
+        long_run_hint=cpu_hint(args.env) if args.gpu < 0 else None,
     )
 
 
-def where_saved(outdir: str) -> str:
-    """After Ctrl-C: where ChainerRL saved the agent and how to continue."""
-    from atari_trtis_demo.train.training import list_checkpoints
-
-    saved = [p for p in list_checkpoints(outdir) if p.endswith("_except")]
-    return f"the agent is saved in {saved[-1]}; continue with --resume {saved[-1]}" if saved else "nothing saved"
+def cpu_hint(env_id: str) -> str:
+    """Said once after a CPU run's first ETA beyond a day (the reproduction's 5x10^7 steps take weeks)."""
+    return (
+        "That ETA is the CPU's: with an NVIDIA GPU, install CuPy and add --gpu 0 (README, stage 1); or play "
+        f"ChainerRL's trained agent now: python onnx_converter_src/converter.py --pretrained {env_id}"
+    )
 
 
 def final_evaluation(
@@ -236,7 +252,12 @@ def final_evaluation(
     load_agent(agent, best_dir, env_n_actions=eval_env.action_space.n)
     # 30 evaluation episodes, each capped at 4,500 agent steps (5 minutes of play).
     stats = eval_performance(
-        env=eval_env, agent=agent, n_steps=None, n_episodes=args.n_best_episodes, max_episode_len=4500, logger=None
+        env=eval_env,
+        agent=agent,
+        n_steps=None,
+        n_episodes=args.n_best_episodes,
+        max_episode_len=EVALUATION_EPISODE_CAP,
+        logger=None,
     )
     with open(os.path.join(outdir, "bestscores.json"), "w") as f:
         json.dump(stats, f)

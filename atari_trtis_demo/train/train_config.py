@@ -30,7 +30,12 @@ class TrainOptions:
         choices=["best", "final"],
         help="with --load-pretrained: the zoo's best evaluated agent or its final one",
     )
-    load: str | None = flag(None, help="agent directory to start from (default: a new agent)")
+    load: str | None = flag(
+        None,
+        metavar="DIR",
+        help="start a new run from this agent directory's networks and optimizer, at step 0: epsilon decays "
+        "again from 1.0 (to continue a run at its step and epsilon, use --resume) (default: a new agent)",
+    )
     logging_level: int = flag(20, type=int_in(0, 50), help="level of log.txt: 10 DEBUG, 20 INFO, ...")
     steps: int = flag(5 * 10**7, type=int_in(1), help="total agent steps (4 frames each)")
     # ChainerRL asserts that the replay start size covers one minibatch (32).
@@ -40,6 +45,12 @@ class TrainOptions:
     n_best_episodes: int = flag(30, type=int_in(1), help="episodes the best agent is scored on at the end")
     # This project's additions.
     checkpoint_freq: int = flag(250000, type=int_in(0), help="save a resumable checkpoint every N steps (0: none)")
-    resume: str | None = flag(None, help="checkpoint (or run directory) to continue from")
+    resume: str | None = flag(
+        None,
+        metavar="DIR",
+        help="continue a run at its step, with its epsilon and optimizer state, in a new run directory: DIR is a "
+        "checkpoint, a run directory (its newest checkpoint) or an --outdir (the checkpoint with the most steps); "
+        "running the same command again after Ctrl-C continues by itself",
+    )
     final_exploration_steps: int = flag(10**6, type=int_in(1), help="steps over which epsilon decays")
     replay_capacity: int = flag(10**6, type=int_in(1), help="replay buffer size in transitions")

@@ -22,12 +22,12 @@ from chainerrl.experiments import train_agent
 from chainerrl.experiments.evaluator import Evaluator
 
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.train.agent import AGENT_STATE_FILE, read_agent_step
 from atari_trtis_demo.train.plots import plot_learning_curve
+from atari_trtis_demo.train.resume import ARGS_FILE, CHECKPOINT_SUFFIX, SCORES_FILE, list_checkpoints
 
-SCORES_FILE = "scores.txt"
 CURVE_FILE = "learning_curve.png"
-CHECKPOINT_SUFFIX = "_checkpoint"
+# An ETA beyond this is a run to rethink: ProgressLine then prints its hint once.
+LONG_RUN_SECONDS = 24 * 3600
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def prepare_output_dir(args: dict[str, Any], parent: str, argv: Sequence[str]) -
         os.makedirs(outdir)
     except OSError as e:
         raise UserError(f"--outdir {parent}: cannot create the run directory ({e.strerror})") from e
-    with open(os.path.join(outdir, "args.txt"), "w") as f:
+    with open(os.path.join(outdir, ARGS_FILE), "w") as f:
         json.dump(args, f)
     with open(os.path.join(outdir, "command.txt"), "w") as f:
         f.write(" ".join(argv))
@@ -71,14 +71,14 @@ class ScoreKeepingEvaluator(Evaluator):
                 f.writelines(row if row.endswith("\n") else row + "\n" for row in previous_rows)
 
     def evaluate_and_update_max_score(self, t: int, episodes: int) -> float:
+        before = (self.best_step, self.best_score)
         previous_best = self.max_score
         score = super().evaluate_and_update_max_score(t, episodes)
         self.last_score = score
         if score > previous_best:
             self.best_step, self.best_score = t, score
         if self.stream is not None:
-            best = " (new best, saved to best/)" if score > previous_best else ""
-            line = f"evaluation at step {t:,}: mean score {score:.2f}{best}"
+            line = evaluation_line(t, score, *before)
             print(f"\r{line}\x1b[K" if self.stream.isatty() else line, file=self.stream, flush=True)
         try:
             plot_learning_curve(os.path.join(self.outdir, SCORES_FILE), os.path.join(self.outdir, CURVE_FILE))
@@ -87,13 +87,27 @@ class ScoreKeepingEvaluator(Evaluator):
         return score
 
 
+def evaluation_line(step: int, score: float, best_step: int | None, best_score: float | None) -> str:
+    """What one evaluation says: its mean score, and whether it beat the best so far (then saved to best/).
+
+    ``best_step``/``best_score``: the best evaluation of this run before this one (None: this is the first).
+    """
+    head = f"evaluation at step {step:,}: mean score {score:.2f}"
+    if best_step is None or best_score is None:
+        return f"{head}, the run's first, saved to best/"
+    if score > best_score:
+        return f"{head}, better than the {best_score:.2f} at step {best_step:,}: saved to best/"
+    return f"{head}; best/ keeps the {best_score:.2f} of step {best_step:,}"
+
+
 class ProgressLine:
     """Step hook printing steps, steps/s, ETA, epsilon and scores on one updating line.
 
     On a terminal the line is rewritten in place every ``interval`` seconds; in a log
     file (no TTY) a new line is written every ``log_interval`` seconds instead. While the
     replay buffer fills (no updates: several times faster) it says when updates start
-    instead of an ETA, and the fill's rate is dropped once they do.
+    instead of an ETA, and the fill's rate is dropped once they do. ``hint`` is printed once,
+    on its own line, after the first ETA beyond :data:`LONG_RUN_SECONDS`.
     """
 
     def __init__(
@@ -104,6 +118,7 @@ class ProgressLine:
         evaluator: ScoreKeepingEvaluator | None = None,
         interval: float = 0.5,
         log_interval: float = 30.0,
+        hint: str | None = None,
     ) -> None:
         self.total_steps = total_steps
         self.step_offset = step_offset
@@ -114,6 +129,7 @@ class ProgressLine:
         self.start = self.last_print = time.monotonic()
         self.window: list[tuple[float, int]] = [(self.start, step_offset)]
         self.filling = False
+        self.hint = hint
 
     def __call__(self, env: Any, agent: Any, t: int) -> None:
         now = time.monotonic()
@@ -134,6 +150,9 @@ class ProgressLine:
         self.stream.write(
             ("\r" if self.tty else "") + self.line(t, rate, agent, env) + ("\x1b[K" if self.tty else "\n")
         )
+        if self.hint and not filling and rate > 0 and (self.total_steps - t) / rate > LONG_RUN_SECONDS:
+            self.stream.write(("\n" if self.tty else "") + self.hint + "\n")
+            self.hint = None
         self.stream.flush()
 
     def line(self, t: int, rate: float, agent: Any, env: Any) -> str:
@@ -204,49 +223,6 @@ class CheckpointHook:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def list_checkpoints(run_dir: str) -> list[str]:
-    """Agent directories saved by a run that can be resumed, oldest step first."""
-    found = []
-    for name in os.listdir(run_dir):
-        path = os.path.join(run_dir, name)
-        step, _, suffix = name.partition("_")
-        if (
-            step.isdigit()
-            and suffix in ("checkpoint", "except", "finish")
-            and os.path.isfile(os.path.join(path, AGENT_STATE_FILE))
-        ):
-            found.append((int(step), path))
-    return [path for _, path in sorted(found)]
-
-
-def resolve_resume(path: str) -> tuple[str, int]:
-    """The agent directory and step to resume from: an agent, or the newest checkpoint of a run
-    or of the newest run (timestamped names sort by time) with one in a folder of runs (``--outdir``)."""
-    if not os.path.isdir(path):
-        raise UserError(f"--resume {path}: directory does not exist")
-    if os.path.isfile(os.path.join(path, AGENT_STATE_FILE)):
-        return path, read_agent_step(path)
-    checkpoints = list_checkpoints(path)
-    if not checkpoints:
-        runs = sorted(e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
-        checkpoints = next((found for found in map(list_checkpoints, reversed(runs)) if found), [])
-    if not checkpoints:
-        raise UserError(
-            f"--resume {path}: no checkpoint in it or its runs (expected <steps>_checkpoint/ with {AGENT_STATE_FILE})"
-        )
-    return checkpoints[-1], read_agent_step(checkpoints[-1])
-
-
-def previous_score_rows(agent_dir: str, up_to_step: int) -> list[str]:
-    """Rows of the ``scores.txt`` beside a resumed agent, up to its step."""
-    path = os.path.join(os.path.dirname(os.path.normpath(agent_dir)), SCORES_FILE)
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        rows = f.readlines()[1:]
-    return [row for row in rows if row.split("\t", 1)[0].isdigit() and int(row.split("\t", 1)[0]) <= up_to_step]
-
-
 def train_with_evaluation(
     agent: Any,
     env: Any,
@@ -263,12 +239,14 @@ def train_with_evaluation(
     train_max_episode_len: int | None = None,
     eval_max_episode_len: int | None = None,
     stream: TextIO | None = None,
+    long_run_hint: str | None = None,
 ) -> ScoreKeepingEvaluator:
     """Train ``agent`` with ChainerRL's ``train_agent`` and periodic evaluation.
 
     Writes ``scores.txt``, ``best/``, checkpoints and ``<steps>_finish`` into
     ``outdir``. On an exception or Ctrl-C ChainerRL saves ``<t>_except`` (atomically,
-    through ``AtomicSaveDQN.save``) and the exception propagates.
+    through ``AtomicSaveDQN.save``) and the exception propagates. ``long_run_hint``: what the
+    progress line says once when the ETA is beyond a day.
     """
     stream = stream if stream is not None else sys.stderr
     evaluator = ScoreKeepingEvaluator(
@@ -284,7 +262,7 @@ def train_with_evaluation(
         previous_rows=previous_rows,
         stream=stream,
     )
-    progress = ProgressLine(steps, step_offset, stream, evaluator)
+    progress = ProgressLine(steps, step_offset, stream, evaluator, hint=long_run_hint)
     hooks: list[Any] = [progress]
     if checkpoint_freq:
         hooks.append(CheckpointHook(outdir, checkpoint_freq))
