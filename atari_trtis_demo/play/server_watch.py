@@ -1,0 +1,147 @@
+"""Which server answered how many calls, and a look at every server behind a balanced channel.
+
+gRPC's Python client does not tell which address answered a call (its client-side call
+objects have no ``peer()``), so the counts come from gRPC's own channelz registry: each
+subchannel (one per server address) counts the calls it completed. The registry is read
+through ``grpc._cython.cygrpc``'s channelz functions, which return channelz's JSON; the
+public wrapper, the ``grpcio-channelz`` package, calls the same functions but needs protobuf
+7, which ``tritonclient`` (protobuf < 7) excludes from this environment. Should a later grpcio
+drop them, the counts are empty and play goes on.
+
+:class:`ServerWatch` reads the registry at most once a second (on a thread of its own, never
+the game's) and keeps each subchannel's highest count, so that a server that leaves a
+``dns:`` name keeps what it answered. Each server address it sees is checked once it can
+answer, by ``check`` (the inference client's connection checks, on a channel to that server
+alone): a server that serves another model or game is a fault that the client raises at its
+next call. No Chainer here.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+try:
+    from grpc._cython import cygrpc
+except ImportError:  # pragma: no cover (a grpcio without its Cython core cannot run at all)
+    cygrpc = None
+
+WATCH_SECONDS = 1.0  # how often a balanced client reads the registry and looks for servers not yet checked
+
+
+@dataclass(frozen=True)
+class Subchannel:
+    """One server address of a channel, as channelz reports it."""
+
+    id: int
+    address: str  # "127.0.0.1:8001", "[::1]:8001"
+    state: str  # "READY", "CONNECTING", "TRANSIENT_FAILURE", "IDLE"
+    answered: int  # calls completed with OK
+
+
+def _channelz(function: str, *args: int) -> dict:
+    try:
+        return json.loads(getattr(cygrpc, function)(*args))
+    except (AttributeError, TypeError, ValueError):  # not in this grpcio, or gone since it was listed
+        return {}
+
+
+def subchannels(target: str) -> list[Subchannel]:
+    """The server addresses of this process's channels to ``target`` (gRPC writes a plain ``host:port``
+    as ``dns:///host:port``); channels with the same target and options share them."""
+    names = {target, "dns:///" + target}
+    found: dict[int, Subchannel] = {}
+    start = 0
+    while True:
+        page = _channelz("channelz_get_top_channels", start)
+        channels = page.get("channel", [])
+        for channel in channels:
+            if channel.get("data", {}).get("target") not in names:
+                continue
+            for ref in channel.get("subchannelRef", []):
+                number = int(ref["subchannelId"])
+                data = _channelz("channelz_get_subchannel", number).get("subchannel", {}).get("data", {})
+                if data:
+                    address = unquote(data.get("target", "")).partition(":")[2]  # "ipv4:1.2.3.4:8001"
+                    state = data.get("state", {}).get("state", "")
+                    found[number] = Subchannel(number, address, state, int(data.get("callsSucceeded", 0)))
+        if page.get("end", True) or not channels:
+            return list(found.values())
+        start = int(channels[-1]["ref"]["channelId"]) + 1
+
+
+class ServerWatch:
+    """The calls each server of ``target`` answered, and ``check`` run once on each server.
+
+    ``check(address)`` returns True once the server passed, False while it cannot tell (the
+    server down, its model still loading); it raises when the server must not be played against.
+    """
+
+    def __init__(self, target: str, check: Callable[[str], bool] | None = None) -> None:
+        self.target, self.check = target, check
+        self.fault: Exception | None = None
+        self._counts: dict[int, tuple[str, int]] = {}  # subchannel id -> (address, highest count)
+        self._checked: set[str] = set()
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._pending: concurrent.futures.Future | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def sample(self) -> list[Subchannel]:
+        """Read the registry now: the target's subchannels, their counts kept."""
+        found = subchannels(self.target)
+        with self._lock:
+            for sub in found:
+                seen = self._counts.get(sub.id, (sub.address, 0))[1]
+                self._counts[sub.id] = (sub.address, max(seen, sub.answered))
+        return found
+
+    def answered(self) -> dict[str, int]:
+        """Calls each server answered (OK) so far, by address, in address order."""
+        self.sample()
+        totals: dict[str, int] = {}
+        with self._lock:
+            for address, count in self._counts.values():
+                totals[address] = totals.get(address, 0) + count
+        return dict(sorted(totals.items()))
+
+    def check_servers(self) -> None:
+        """Check every server not yet checked that may answer (any, the first time); a fault is kept and raised."""
+        if self.check is None:
+            return
+        first = not self._checked
+
+        def listed(sub: Subchannel) -> tuple[int, int]:  # the target's order: its first server sets the model
+            where = self.target.find(sub.address)
+            return (where if where >= 0 else len(self.target), sub.id)
+
+        for sub in sorted(self.sample(), key=listed):
+            if sub.address in self._checked or not (first or sub.state == "READY" or sub.answered):
+                continue
+            try:
+                if self.check(sub.address):
+                    self._checked.add(sub.address)
+            except Exception as e:  # noqa: BLE001 (kept, and raised on the game's thread at its next call)
+                self.fault = e
+                raise
+
+    def tick(self) -> None:
+        """From the client's calls: at most once every WATCH_SECONDS, :meth:`check_servers` on the watch's thread."""
+        if self.fault is not None:
+            raise self.fault
+        now = time.monotonic()
+        if now < self._next or (self._pending is not None and not self._pending.done()):
+            return
+        self._next = now + WATCH_SECONDS
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="server-watch")
+        self._pending = self._thread.submit(self.check_servers)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=False, cancel_futures=True)
