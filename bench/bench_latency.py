@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -69,9 +70,10 @@ class DelayProxy:
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(
-            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer), return_exceptions=True
-        )
+        # Ends normally when the proxy shuts down: asyncio would report a cancelled connection task as an error.
+        with contextlib.suppress(asyncio.CancelledError):
+            upstream, downstream = self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer)
+            await asyncio.gather(upstream, downstream, return_exceptions=True)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         queue: asyncio.Queue = asyncio.Queue()

@@ -60,9 +60,9 @@ CHANNEL_OPTIONS = [
 ]
 # Several servers behind one channel (a --host list, a dns: name; docs/scaling.md has the measurements):
 # - round_robin spreads the calls over every server that is up (gRPC's own balancer);
-# - outlier detection takes a server that fails most of its calls out of the rotation for 2 s
-#   (longer each time it fails again, 10 s at most), but never more than half of them, and
-#   never the only one;
+# - outlier detection takes a server that failed at least half of its calls (and 3) in the last
+#   second out of the rotation for 2 s (longer each time it fails again, 10 s at most), but never
+#   more than half of the servers, and never the only one;
 # - a failed attempt is sent again, to the next server: UNAVAILABLE (a server gone), NOT_FOUND
 #   and CANCELLED (a Triton stopping unloads its model and cancels the calls in flight), and an
 #   attempt with no answer within 0.5 s (a wedged server: it accepts and never answers). Per-attempt
@@ -78,7 +78,7 @@ BALANCED_SERVICE_CONFIG = json.dumps(
         "loadBalancingConfig": [
             {
                 "outlier_detection_experimental": {
-                    "interval": "0.1s",
+                    "interval": "1s",
                     "baseEjectionTime": "2s",
                     "maxEjectionTime": "10s",
                     "maxEjectionPercent": 50,
@@ -114,6 +114,9 @@ BALANCED_OPTIONS = [
     ("grpc.keepalive_time_ms", 1000),
     ("grpc.keepalive_timeout_ms", 1000),
     ("grpc.dns_min_time_between_resolutions_ms", 1000),
+    # Connections of its own, not shared with the process's other channels to the same servers:
+    # the per-server counts (server_watch) are then this channel's.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 # Deadline of :meth:`InferenceClient.live` and of the TLS check at connection, s.
 PROBE_SECONDS = 0.2

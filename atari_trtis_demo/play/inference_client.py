@@ -128,6 +128,7 @@ class InferenceClient:
         self._unchecked: InferenceError | None = None  # why the last server checked on its own could not tell
         # Calls answered per server; on a balanced channel also each server's own check (server_watch).
         self.watch = ServerWatch(self.servers.target, self._check_server if self.servers.balanced else None)
+        self.watch.attach()
         if connect:
             try:
                 self.connect()
@@ -170,7 +171,11 @@ class InferenceClient:
             return False
 
     def answered_by_server(self) -> dict[str, int]:
-        """Calls each server answered so far (OK), by address: what ``--json`` reports as ``servers``."""
+        """Calls each server answered so far (OK), by address: what ``--json`` reports as ``servers``.
+
+        gRPC's counts of this client's channel. A client of one server shares its connection, and
+        so its counts, with the process's other clients of that server (server_watch).
+        """
         return self.watch.answered()
 
     # -- connection checks -------------------------------------------------------------

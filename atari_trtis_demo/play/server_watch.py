@@ -2,7 +2,10 @@
 
 gRPC's Python client does not tell which address answered a call (its client-side call
 objects have no ``peer()``), so the counts come from gRPC's own channelz registry: each
-subchannel (one per server address) counts the calls it completed. The registry is read
+subchannel (one per server address) of the client's channel counts the calls it completed.
+A balanced channel keeps its subchannels to itself (``grpc.use_local_subchannel_pool``), so its
+counts are its own; one server's channel shares its connection with the process's other channels
+to that server with the same options, and their counts. The registry is read
 through ``grpc._cython.cygrpc``'s channelz functions, which return channelz's JSON; the
 public wrapper, the ``grpcio-channelz`` package, calls the same functions but needs protobuf
 7, which ``tritonclient`` (protobuf < 7) excludes from this environment. Should a later grpcio
@@ -51,28 +54,31 @@ def _channelz(function: str, *args: int) -> dict:
         return {}
 
 
-def subchannels(target: str) -> list[Subchannel]:
-    """The server addresses of this process's channels to ``target`` (gRPC writes a plain ``host:port``
-    as ``dns:///host:port``); channels with the same target and options share them."""
+def top_channels(target: str) -> list[dict]:
+    """This process's channels to ``target``, oldest first (gRPC writes a plain ``host:port`` as ``dns:///host:port``)."""
     names = {target, "dns:///" + target}
-    found: dict[int, Subchannel] = {}
+    found: list[dict] = []
     start = 0
     while True:
         page = _channelz("channelz_get_top_channels", start)
         channels = page.get("channel", [])
-        for channel in channels:
-            if channel.get("data", {}).get("target") not in names:
-                continue
-            for ref in channel.get("subchannelRef", []):
-                number = int(ref["subchannelId"])
-                data = _channelz("channelz_get_subchannel", number).get("subchannel", {}).get("data", {})
-                if data:
-                    address = unquote(data.get("target", "")).partition(":")[2]  # "ipv4:1.2.3.4:8001"
-                    state = data.get("state", {}).get("state", "")
-                    found[number] = Subchannel(number, address, state, int(data.get("callsSucceeded", 0)))
+        found += [c for c in channels if c.get("data", {}).get("target") in names]
         if page.get("end", True) or not channels:
-            return list(found.values())
+            return found
         start = int(channels[-1]["ref"]["channelId"]) + 1
+
+
+def subchannels(channel: dict) -> list[Subchannel]:
+    """The server addresses of one channel (channelz's JSON of it), with their states and counts."""
+    found = []
+    for ref in channel.get("subchannelRef", []):
+        number = int(ref["subchannelId"])
+        data = _channelz("channelz_get_subchannel", number).get("subchannel", {}).get("data", {})
+        if data:
+            address = unquote(data.get("target", "")).partition(":")[2]  # "ipv4:1.2.3.4:8001"
+            state = data.get("state", {}).get("state", "")
+            found.append(Subchannel(number, address, state, int(data.get("callsSucceeded", 0))))
+    return found
 
 
 class ServerWatch:
@@ -84,6 +90,7 @@ class ServerWatch:
 
     def __init__(self, target: str, check: Callable[[str], bool] | None = None) -> None:
         self.target, self.check = target, check
+        self.channel_id: int | None = None  # the client's own channel (attach); None: every channel to target
         self.fault: Exception | None = None
         self._counts: dict[int, tuple[str, int]] = {}  # subchannel id -> (address, highest count)
         self._checked: set[str] = set()
@@ -92,9 +99,18 @@ class ServerWatch:
         self._pending: concurrent.futures.Future | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
+    def attach(self) -> None:
+        """Watch the newest channel to the target: the client's, called right after the client made it."""
+        channels = top_channels(self.target)
+        self.channel_id = int(channels[-1]["ref"]["channelId"]) if channels else None
+
     def sample(self) -> list[Subchannel]:
-        """Read the registry now: the target's subchannels, their counts kept."""
-        found = subchannels(self.target)
+        """Read the registry now: the subchannels of the client's channel, their counts kept."""
+        if self.channel_id is not None:
+            channels = [_channelz("channelz_get_channel", self.channel_id).get("channel", {})]
+        else:
+            channels = top_channels(self.target)
+        found = [sub for channel in channels for sub in subchannels(channel)]
         with self._lock:
             for sub in found:
                 seen = self._counts.get(sub.id, (sub.address, 0))[1]
