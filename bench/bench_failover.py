@@ -4,7 +4,8 @@
 
 Three real Tritons (``serve``'s, on 127.0.0.1) serve one model; ``--games`` Breakout games play
 sync at the Atari's pace (15 steps/s) for ``--steps`` steps, each game on its own client over
-``--host A,B,C`` (so each game's request times are its step times). Three seconds into play the
+``--host A,B,C``: one client, as ``src/app.py --games`` has (each game's request times, noted by
+its policy, are its step times). Three seconds into play the
 second server is
 
 - ``kill``: sent SIGKILL (a crash, a lost machine);
@@ -31,9 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_latency import TimedClient
 
 from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.inference_client import InferenceClient
 from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import RemotePolicy
@@ -42,6 +43,25 @@ from atari_trtis_demo.train.agent import make_agent
 
 PERIOD_MS = 1000 / 15
 EVENT_AFTER_SECONDS = 3.0
+
+
+class TimedPolicy(RemotePolicy):
+    """A game's remote policy noting when each of its requests leaves: in sync play, when each step starts."""
+
+    def __init__(self, client: InferenceClient) -> None:
+        super().__init__(client)
+        self.sent: list[float] = []
+
+    def q_values(self, frames: np.ndarray) -> np.ndarray:
+        self.sent.append(time.perf_counter())
+        return super().q_values(frames)
+
+    def q_values_async(self, frames: np.ndarray):
+        self.sent.append(time.perf_counter())
+        return super().q_values_async(frames)
+
+    def close(self) -> None:  # the client is the games' together: closed once, by the benchmark
+        pass
 
 
 def upset(server, case: str, stop_seconds: float) -> None:
@@ -55,6 +75,14 @@ def upset(server, case: str, stop_seconds: float) -> None:
         os.killpg(group, signal.SIGSTOP)
         time.sleep(stop_seconds)
         os.killpg(group, signal.SIGCONT)
+
+
+def upset_in_play(policy: TimedPolicy, server, case: str, stop_seconds: float) -> None:
+    """:func:`upset` EVENT_AFTER_SECONDS after play began (the first game's first request)."""
+    while not policy.sent:
+        time.sleep(0.01)
+    time.sleep(EVENT_AFTER_SECONDS)
+    upset(server, case, stop_seconds)
 
 
 def main() -> None:
@@ -75,42 +103,33 @@ def main() -> None:
         ]
         hosts = ",".join(f"127.0.0.1:{s.grpc_port}" for s in servers)
         for case in args.cases.split(","):
-            clients = [TimedClient(hosts, 1, "atari", timeout=5) for _ in range(args.games)]
+            client = InferenceClient(hosts, 1, "atari", timeout=5)
+            policies = [TimedPolicy(client) for _ in range(args.games)]
             config = PlayConfig(sync=True, headless=True, max_steps=args.steps, fps=15, request_timeout=5)
             config.game_over_seconds = 0
-            timer = threading.Timer(EVENT_AFTER_SECONDS, upset, (servers[1], case, args.stop_seconds))
-            timer.start()
-            result = play_games([RemotePolicy(c) for c in clients], config)
-            timer.join()
-            gaps = np.concatenate([np.diff(c.sent) * 1e3 for c in clients])
-            answered: dict[str, int] = {}
-            for c in clients:
-                for address, count in c.answered_by_server().items():
-                    answered[address] = answered.get(address, 0) + count
-                c.close()
-            rows.append(
-                (
-                    case,
-                    result.outage.requests_failed,
-                    result.steps,
-                    args.games * args.steps,
-                    gaps,
-                    answered,
-                    result.error,
-                )
-            )
+            upsetter = threading.Thread(target=upset_in_play, args=(policies[0], servers[1], case, args.stop_seconds))
+            upsetter.start()
+            result = play_games(policies, config)
+            upsetter.join()
+            gaps = np.concatenate([np.diff(p.sent) * 1e3 for p in policies])
+            answered = client.answered_by_server()
+            client.close()
+            if result.error:
+                print(f"  {case}: {result.error}", flush=True)
+            asked = args.games * args.steps
+            rows.append((case, result.outage.requests_failed, result.steps, asked, result.seconds, gaps, answered))
             print(f"  {case}: done", flush=True)
             if servers[1].process.poll() is not None:
                 servers[1].restart()
     print(f"{args.games} games, sync at 15 steps/s, {args.steps} steps each, over 3 servers; the second upset at 3 s")
-    print("| case | requests failed | agent steps played | time between steps p99 / max (ms) | steps > 2 periods late "
-          "| calls answered per server | error |")  # fmt: skip
+    print("| case | requests failed | agent steps played | play (s) | time between steps p99 / max (ms) "
+          "| steps > 2 periods late | calls answered per server |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for case, failed, played, asked, gaps, answered, error in rows:
+    for case, failed, played, asked, seconds, gaps, answered in rows:
         late = int((gaps > 2 * PERIOD_MS).sum())
         print(
-            f"| {case} | {failed} | {played} of {asked} | {np.percentile(gaps, 99):.0f} / {gaps.max():.0f} | {late} "
-            f"| {', '.join(str(n) for n in answered.values())} | {error or '-'} |"
+            f"| {case} | {failed} | {played} of {asked} | {seconds:.1f} | {np.percentile(gaps, 99):.0f} / "
+            f"{gaps.max():.0f} | {late} | {', '.join(str(n) for n in answered.values())} |"
         )
 
 
