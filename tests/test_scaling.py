@@ -147,6 +147,7 @@ def test_a_dns_name_keeps_its_name_and_gets_a_port() -> None:
         ("http://a:8001", ["dns:///NAME"]),
         ("127.0.0.1,::1", ["one family"]),
         ("[::1:8001", ["[IPv6]:PORT"]),
+        ("a:8001:9", ["neither HOST:PORT nor an IPv6 address"]),
     ],
 )
 def test_a_bad_host_is_one_line_naming_the_flag(spec: str, words: list[str]) -> None:

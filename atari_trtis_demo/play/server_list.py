@@ -53,7 +53,10 @@ def split_entry(entry: str, port: int, spec: str) -> tuple[str, int]:
             raise UserError(f"--host {spec}: '{entry}' is not [IPv6] or [IPv6]:PORT")
         text = rest[1:] if rest else None
     elif entry.count(":") > 1:  # a bare IPv6 literal: no port can follow it
-        host, text = entry, None
+        try:
+            host, text = str(ipaddress.IPv6Address(entry)), None
+        except ValueError:
+            raise UserError(f"--host {spec}: '{entry}' is neither HOST:PORT nor an IPv6 address") from None
     else:
         host, _, text = entry.partition(":")
         text = text if ":" in entry else None
