@@ -20,6 +20,7 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,13 @@ class InferenceClient:
         self._reference = self.address  # the server whose model the others must serve (balanced: the first checked)
         self._unchecked: InferenceError | None = None  # why the last server checked on its own could not tell
         # Calls answered per server; on a balanced channel also each server's own check (server_watch).
-        self.watch = ServerWatch(self.servers.target, self._check_server if self.servers.balanced else None)
-        self.watch.attach()
+        # Calls answered: by each server of a balanced channel (gRPC's counts, server_watch, which also
+        # checks each server); by the one server otherwise, counted here.
+        self.watch = ServerWatch(self.servers.target, self._check_server) if self.servers.balanced else None
+        if self.watch is not None:
+            self.watch.attach()
+        self._answered = 0
+        self._answered_lock = threading.Lock()
         if connect:
             try:
                 self.connect()
@@ -173,15 +179,17 @@ class InferenceClient:
     def answered_by_server(self) -> dict[str, int]:
         """Calls each server answered so far (OK), by address: what ``--json`` reports as ``servers``.
 
-        gRPC's counts of this client's channel. A client of one server shares its connection, and
-        so its counts, with the process's other clients of that server (server_watch).
+        Several servers: gRPC's counts of this client's channel (server_watch); one: this client's.
         """
-        return self.watch.answered()
+        if self.watch is not None:
+            return self.watch.answered()
+        with self._answered_lock:
+            return {self.address: self._answered}
 
     # -- connection checks -------------------------------------------------------------
 
     def _check_model(self, timeout: float | None = None) -> None:
-        if self.servers.balanced:
+        if self.watch is not None:  # several servers
             # Calls through the balanced channel are answered by different servers: each server is
             # checked on a channel of its own (the watch's first round, _check_server), and the first
             # to pass sets the model the others must serve. A call first, for the usual errors when
@@ -243,7 +251,7 @@ class InferenceClient:
         ``host``, a server found serving another model since the last call is raised here.
         """
         self.connect(timeout)
-        if self.servers.balanced:
+        if self.watch is not None:
             self.watch.tick()
         array = np.asarray(frames)
         if array.ndim == 3 and self.batched:
@@ -298,6 +306,7 @@ class InferenceClient:
             try:
                 try:
                     response = call.result()
+                    self._count_answer()
                 except grpc.RpcError as e:
                     raise self._error(e, timeout) from None
                 self.stats.record(time.perf_counter() - start)
@@ -328,9 +337,17 @@ class InferenceClient:
 
     def _call(self, method: Any, request: Any, timeout: float | None = None, address: str | None = None) -> Any:
         try:
-            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+            response = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
             raise self._error(e, timeout, address) from None
+        if address is None:  # not a check of one server on its own channel
+            self._count_answer()
+        return response
+
+    def _count_answer(self) -> None:
+        if self.watch is None:
+            with self._answered_lock:
+                self._answered += 1
 
     def _error(
         self, error: grpc.RpcError, timeout: float | None = None, address: str | None = None
@@ -346,7 +363,8 @@ class InferenceClient:
         )
 
     def close(self) -> None:
-        self.watch.close()
+        if self.watch is not None:
+            self.watch.close()
         self._channel.close()
 
     def __enter__(self) -> InferenceClient:

@@ -1,11 +1,10 @@
 """Which server answered how many calls, and a look at every server behind a balanced channel.
 
-gRPC's Python client does not tell which address answered a call (its client-side call
-objects have no ``peer()``), so the counts come from gRPC's own channelz registry: each
-subchannel (one per server address) of the client's channel counts the calls it completed.
-A balanced channel keeps its subchannels to itself (``grpc.use_local_subchannel_pool``), so its
-counts are its own; one server's channel shares its connection with the process's other channels
-to that server with the same options, and their counts. The registry is read
+For a balanced channel (several servers). gRPC's Python client does not tell which address
+answered a call (its client-side call objects have no ``peer()``), so the counts come from
+gRPC's own channelz registry: each subchannel (one per server address) of the client's channel
+counts the calls it completed; a balanced channel keeps its subchannels to itself
+(``grpc.use_local_subchannel_pool``), so the counts are its own. The registry is read
 through ``grpc._cython.cygrpc``'s channelz functions, which return channelz's JSON; the
 public wrapper, the ``grpcio-channelz`` package, calls the same functions but needs protobuf
 7, which ``tritonclient`` (protobuf < 7) excludes from this environment. Should a later grpcio
