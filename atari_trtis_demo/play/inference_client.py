@@ -20,7 +20,6 @@ No Chainer here.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,16 +124,9 @@ class InferenceClient:
         self.connected = False
         self.env_id: str | None = None  # the model's game, once connected (None when its config records none)
         self.served: ServedModel | None = None
-        self._reference = self.address  # the server whose model the others must serve (balanced: the first checked)
-        self._unchecked: InferenceError | None = None  # why the last server checked on its own could not tell
-        # Calls answered per server; on a balanced channel also each server's own check (server_watch).
-        # Calls answered: by each server of a balanced channel (gRPC's counts, server_watch, which also
-        # checks each server); by the one server otherwise, counted here.
-        self.watch = ServerWatch(self.servers.target, self._check_server) if self.servers.balanced else None
-        if self.watch is not None:
-            self.watch.attach()
-        self._answered = 0
-        self._answered_lock = threading.Lock()
+        # Calls answered per server; on a balanced channel also each server's own check. Made right
+        # after the channel: it finds the channel as the newest to its target (server_watch).
+        self.watch = ServerWatch(self.servers, self._served_by, model)
         if connect:
             try:
                 self.connect()
@@ -147,7 +139,7 @@ class InferenceClient:
 
         A client made with ``connect=False`` can wait for a server that is not up yet.
         ``timeout``: the deadline of each check call (default: the client's). Behind a balanced
-        ``host``, every server that answers now is checked on its own (:meth:`_check_server`).
+        ``host``, every server that answers now is checked on its own (:meth:`_served_by`, server_watch).
         """
         if self.connected:
             return
@@ -181,23 +173,21 @@ class InferenceClient:
 
         Several servers: gRPC's counts of this client's channel (server_watch); one: this client's.
         """
-        if self.watch is not None:
-            return self.watch.answered()
-        with self._answered_lock:
-            return {self.address: self._answered}
+        return self.watch.answered()
 
     # -- connection checks -------------------------------------------------------------
 
     def _check_model(self, timeout: float | None = None) -> None:
-        if self.watch is not None:  # several servers
+        if self.servers.balanced:
             # Calls through the balanced channel are answered by different servers: each server is
-            # checked on a channel of its own (the watch's first round, _check_server), and the first
+            # checked on a channel of its own (the watch's first round, _served_by), and the first
             # to pass sets the model the others must serve. A call first, for the usual errors when
             # none answers (and so that gRPC connects to every server).
             self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)
             self.watch.check_servers()
-            if self.served is None:
-                raise self._unchecked or ServerUnavailable(f"no server of {self.address} answered the checks")
+            if self.watch.reference is None:
+                raise self.watch.unchecked or ServerUnavailable(f"no server of {self.address} answered the checks")
+            self._adopt(self.watch.reference[1])
         else:
 
             def call(method: str, request: Any) -> Any:
@@ -210,10 +200,8 @@ class InferenceClient:
         self.batched, self.n_actions = self.signature.batched, self.signature.n_actions
         self.input_name, self.output_name = self.signature.input_name, self.signature.output_name
 
-    def _check_server(self, address: str) -> bool:
-        """One server of a balanced ``host`` checked on a channel of its own: True when it serves the model
-        (the first one to pass sets it), False while it cannot tell (down, model loading), ServersDisagree
-        when it serves another (other tensors, another game); a refused key or TLS is raised as such."""
+    def _served_by(self, address: str) -> ServedModel:
+        """What one server of a balanced ``host`` serves, asked on a channel of its own (server_watch judges it)."""
         channel = open_channel(address, self.tls_ca, tls_name=self.servers.tls_name)
         stub = GRPCInferenceServiceStub(channel)
         timeout = SERVER_CHECK_SECONDS if self.timeout is None else min(self.timeout, SERVER_CHECK_SECONDS)
@@ -222,25 +210,9 @@ class InferenceClient:
             return self._call(getattr(stub, method), request, timeout, address=address)
 
         try:
-            served = served_model(call, self.model, self.version, address)
-        except (ModelNotLoaded, ServerUnavailable, RequestTimeout, ServerError) as e:
-            self._unchecked = e
-            return False
-        except ModelNotReady as e:
-            if self.served is None:
-                raise
-            raise ServersDisagree(f"{e}; every server of --host {self.address} must serve the same model") from None
+            return served_model(call, self.model, self.version, address)
         finally:
             channel.close()
-        if self.served is None:
-            self._adopt(served)
-            self._reference = address
-        elif served != self.served:
-            raise ServersDisagree(
-                f"{address} serves model '{self.model}' with {served.describe()}, {self._reference} with "
-                f"{self.served.describe()}: every server of --host must serve the same model"
-            )
-        return True
 
     # -- requests ----------------------------------------------------------------------
 
@@ -251,8 +223,7 @@ class InferenceClient:
         ``host``, a server found serving another model since the last call is raised here.
         """
         self.connect(timeout)
-        if self.watch is not None:
-            self.watch.tick()
+        self.watch.tick()
         array = np.asarray(frames)
         if array.ndim == 3 and self.batched:
             array = array[None]
@@ -306,7 +277,7 @@ class InferenceClient:
             try:
                 try:
                     response = call.result()
-                    self._count_answer()
+                    self.watch.count_answer()
                 except grpc.RpcError as e:
                     raise self._error(e, timeout) from None
                 self.stats.record(time.perf_counter() - start)
@@ -341,13 +312,8 @@ class InferenceClient:
         except grpc.RpcError as e:
             raise self._error(e, timeout, address) from None
         if address is None:  # not a check of one server on its own channel
-            self._count_answer()
+            self.watch.count_answer()
         return response
-
-    def _count_answer(self) -> None:
-        if self.watch is None:
-            with self._answered_lock:
-                self._answered += 1
 
     def _error(
         self, error: grpc.RpcError, timeout: float | None = None, address: str | None = None
@@ -363,8 +329,7 @@ class InferenceClient:
         )
 
     def close(self) -> None:
-        if self.watch is not None:
-            self.watch.close()
+        self.watch.close()
         self._channel.close()
 
     def __enter__(self) -> InferenceClient:

@@ -13,9 +13,9 @@ drop them, the counts are empty and play goes on.
 :class:`ServerWatch` reads the registry at most once a second (on a thread of its own, never
 the game's) and keeps each subchannel's highest count, so that a server that leaves a
 ``dns:`` name keeps what it answered. Each server address it sees is checked once it can
-answer, by ``check`` (the inference client's connection checks, on a channel to that server
-alone): a server that serves another model or game is a fault that the client raises at its
-next call. No Chainer here.
+answer (the inference client's connection checks, on a channel to that server alone): a server
+that serves another model or game is a fault that the client raises at its next call. No
+Chainer here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+from atari_trtis_demo.play.client_answers import ServedModel
+from atari_trtis_demo.play.client_errors import (
+    InferenceError,
+    ModelNotLoaded,
+    ModelNotReady,
+    RequestTimeout,
+    ServerError,
+    ServersDisagree,
+    ServerUnavailable,
+)
+from atari_trtis_demo.play.server_list import Servers
 
 try:
     from grpc._cython import cygrpc
@@ -81,14 +93,23 @@ def subchannels(channel: dict) -> list[Subchannel]:
 
 
 class ServerWatch:
-    """The calls each server of ``target`` answered, and ``check`` run once on each server.
+    """The calls each server of ``servers`` answered, and, when they are several, a check that each
+    serves the same model.
 
-    ``check(address)`` returns True once the server passed, False while it cannot tell (the
-    server down, its model still loading); it raises when the server must not be played against.
+    ``served_by(address)`` asks one server what it serves (the client's connection checks on a
+    channel to that server alone). The first server that answers sets :attr:`reference`; one
+    that serves something else (other tensors, another game) is :class:`ServersDisagree`. A
+    server that cannot tell yet (down, its model loading) is asked again later. One server's
+    calls are counted by the client (:meth:`count_answer`): gRPC drops a single server's
+    subchannel, and its count, each time the server closes the connection.
     """
 
-    def __init__(self, target: str, check: Callable[[str], bool] | None = None) -> None:
-        self.target, self.check = target, check
+    def __init__(self, servers: Servers, served_by: Callable[[str], ServedModel], model: str) -> None:
+        self.servers, self.target, self.served_by = servers, servers.target, served_by
+        self.model, self.address = model, servers.address  # for messages: the model's name, --host as shown
+        self._one_server_answered = 0
+        self.reference: tuple[str, ServedModel] | None = None  # (server, what it serves): what all must serve
+        self.unchecked: InferenceError | None = None  # why the last server asked could not tell
         self.channel_id: int | None = None  # the client's own channel (attach); None: every channel to target
         self.fault: Exception | None = None
         self._counts: dict[int, tuple[str, int]] = {}  # subchannel id -> (address, highest count)
@@ -97,9 +118,12 @@ class ServerWatch:
         self._next = 0.0
         self._pending: concurrent.futures.Future | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self.attach()  # made right after the client's channel
 
     def attach(self) -> None:
         """Watch the newest channel to the target: the client's, called right after the client made it."""
+        if not self.servers.balanced:
+            return
         channels = top_channels(self.target)
         self.channel_id = int(channels[-1]["ref"]["channelId"]) if channels else None
 
@@ -116,8 +140,17 @@ class ServerWatch:
                 self._counts[sub.id] = (sub.address, max(seen, sub.answered))
         return found
 
+    def count_answer(self) -> None:
+        """One call answered: counted here for one server (a balanced channel's are gRPC's)."""
+        if not self.servers.balanced:
+            with self._lock:
+                self._one_server_answered += 1
+
     def answered(self) -> dict[str, int]:
         """Calls each server answered (OK) so far, by address, in address order."""
+        if not self.servers.balanced:
+            with self._lock:
+                return {self.address: self._one_server_answered}
         self.sample()
         totals: dict[str, int] = {}
         with self._lock:
@@ -125,10 +158,29 @@ class ServerWatch:
                 totals[address] = totals.get(address, 0) + count
         return dict(sorted(totals.items()))
 
+    def check(self, address: str) -> bool:
+        """Whether ``address`` serves the reference's model (the first to pass sets it); False: cannot tell yet."""
+        try:
+            served = self.served_by(address)
+        except (ModelNotLoaded, ServerUnavailable, RequestTimeout, ServerError) as e:
+            self.unchecked = e
+            return False
+        except ModelNotReady as e:  # tensors the player cannot use
+            if self.reference is None:
+                raise
+            raise ServersDisagree(f"{e}; every server of --host {self.address} must serve the same model") from None
+        if self.reference is None:
+            self.reference = (address, served)
+        elif served != self.reference[1]:
+            first, model = self.reference
+            raise ServersDisagree(
+                f"{address} serves model '{self.model}' with {served.describe()}, {first} with "
+                f"{model.describe()}: every server of --host must serve the same model"
+            )
+        return True
+
     def check_servers(self) -> None:
         """Check every server not yet checked that may answer (any, the first time); a fault is kept and raised."""
-        if self.check is None:
-            return
         first = not self._checked
 
         def listed(sub: Subchannel) -> tuple[int, int]:  # the target's order: its first server sets the model
@@ -150,6 +202,8 @@ class ServerWatch:
         if self.fault is not None:
             raise self.fault
         now = time.monotonic()
+        if not self.servers.balanced:
+            return
         if now < self._next or (self._pending is not None and not self._pending.done()):
             return
         self._next = now + WATCH_SECONDS
