@@ -159,9 +159,8 @@ class PlayResult:
     stopped_by_user: bool = False
     outage: OutageStats = field(default_factory=OutageStats)
     games: list[Any] = field(default_factory=list)  # play_loop.Game, each with to_json() and finished_scores
-    servers: dict[str, int] = field(
-        default_factory=dict
-    )  # calls each server answered (InferenceClient.answered_by_server)
+    # Calls each server answered, by address (InferenceClient.answered_by_server, through play_cli.announcer).
+    servers: dict[str, int] = field(default_factory=dict)
 
     @property
     def steps_per_second(self) -> float:
