@@ -25,7 +25,7 @@ from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metri
 
 PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
              "staleness_steps", "fallback_switches", "error", "stopped_by_user", "outage", "games",
-             "client_cpu_seconds", "evaluation"}  # fmt: skip
+             "client_cpu_seconds", "evaluation", "servers"}  # fmt: skip
 
 
 def play(server, *flags: str) -> subprocess.CompletedProcess:
@@ -94,6 +94,10 @@ def test_two_workers_play_the_same_games_as_one_process(batching_server, tmp_pat
     assert two["evaluation"] == one["evaluation"] and two["episodes"] == one["episodes"]
     assert two["requests"] == sum(g["requests"] for g in two["games"]) == one["requests"]
     assert not two["error"] and not two["stopped_by_user"] and two["mode"] == one["mode"] == "sync"
+    # The calls the server answered, as each worker's client counted them (their connection checks too).
+    for figures in (one, two):
+        assert list(figures["servers"]) == [f"127.0.0.1:{batching_server.grpc_port}"]
+        assert figures["servers"][f"127.0.0.1:{batching_server.grpc_port}"] >= figures["latency_ms"]["count"]
     # The report: the same lines, with only the measured figures differing, and where the client's CPU went.
     assert len(two_text.splitlines()) == len(one_text.splitlines()) + 2
     assert "5 games in 2 worker processes: playing" in two_text.splitlines()[:2]

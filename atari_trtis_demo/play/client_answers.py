@@ -9,15 +9,24 @@ answer must be exactly that, with the right byte count and finite. Split from
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, REQUEST_BATCH_KEY, STACK_SIZE
 from atari_trtis_demo.core.errors import one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.play.client_errors import BadResponse, ModelNotReady
+from atari_trtis_demo.play.client_errors import (
+    BadResponse,
+    InvalidRequest,
+    ModelNotLoaded,
+    ModelNotReady,
+    ServerError,
+    ServerGoingAway,
+    ServerUnavailable,
+)
 
 FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
 
@@ -59,6 +68,47 @@ def check_signature(meta: pb.ModelMetadataResponse, model: str, address: str) ->
             "expected [-1, n_actions] FP32 Q-values"
         )
     return ModelSignature(inp.name, out.name, int(out_shape[-1]), batched)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a server serves under the model's name: its signature and the game its config records (or None)."""
+
+    signature: ModelSignature
+    env_id: str | None
+    max_request_batch: int  # the most frame stacks one request may carry (request_batch_limit)
+
+    def describe(self) -> str:
+        return (
+            f"{self.signature.n_actions} actions, game {self.env_id or '(none recorded)'}, "
+            f"at most {self.max_request_batch} stacks a request"
+        )
+
+
+def served_model(call: Callable[[str, Any], Any], model: str, version: str, address: str) -> ServedModel:
+    """Check the server and the model once: live, ready, the model ready, its signature usable; its game.
+
+    ``call(method, request)`` makes one call (``"ServerLive"``...) and raises the client's errors.
+    A KServe server without Triton's ModelConfig call, or a model converted without a known
+    game, records no game (None) and no batch limit (one stack a request).
+    """
+    if not call("ServerLive", pb.ServerLiveRequest()).live:
+        raise ServerUnavailable(f"server at {address} is not live")
+    if not call("ServerReady", pb.ServerReadyRequest()).ready:
+        raise ServerUnavailable(f"server at {address} is not ready")
+    try:
+        ready = call("ModelReady", pb.ModelReadyRequest(name=model, version=version)).ready
+    except (InvalidRequest, ServerGoingAway):
+        ready = False
+    if not ready:
+        raise ModelNotLoaded(f"model '{model}' not found or not ready on {address}")
+    meta = call("ModelMetadata", pb.ModelMetadataRequest(name=model, version=version))
+    signature = check_signature(meta, model, address)
+    try:
+        config = call("ModelConfig", pb.ModelConfigRequest(name=model, version=version)).config
+    except (InvalidRequest, ServerError):  # UNIMPLEMENTED or refused: not Triton
+        config = None
+    return ServedModel(signature, recorded_env_id(config), request_batch_limit(config, signature.batched))
 
 
 def answer_q_values(

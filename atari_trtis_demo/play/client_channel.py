@@ -54,6 +54,66 @@ CHANNEL_OPTIONS = [
     # cannot make the player allocate more than this for one.
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
 ]
+# Several servers behind one channel (a --host list, a dns: name; docs/scaling.md has the measurements):
+# - round_robin spreads the calls over every server that is up (gRPC's own balancer);
+# - outlier detection takes a server that failed at least half of its calls (and 3) in the last
+#   second out of the rotation for 2 s (longer each time it fails again, 10 s at most), but never
+#   more than half of the servers, and never the only one;
+# - a failed attempt is sent again, to the next server: UNAVAILABLE (a server gone), NOT_FOUND
+#   and CANCELLED (a Triton stopping unloads its model and cancels the calls in flight), and an
+#   attempt with no answer within 0.5 s (a wedged server: it accepts and never answers). Per-attempt
+#   timeouts are an experimental gRPC feature: grpc.experimental.enable_hedging turns them on;
+# - a keepalive ping after 1 s without data closes a connection to a server that stopped
+#   answering (a later one reconnects when it answers again);
+# - a dns: name is resolved again at most once a second (gRPC's default: 30 s), so that
+#   servers that join are found within seconds (serve closes every connection each second,
+#   and each close asks for a new resolution).
+BALANCED_ATTEMPT_SECONDS = 0.5
+BALANCED_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [
+            {
+                "outlier_detection_experimental": {
+                    "interval": "1s",
+                    "baseEjectionTime": "2s",
+                    "maxEjectionTime": "10s",
+                    "maxEjectionPercent": 50,
+                    "failurePercentageEjection": {
+                        "threshold": 50,
+                        "enforcementPercentage": 100,
+                        "minimumHosts": 2,
+                        "requestVolume": 3,
+                    },
+                    "childPolicy": [{"round_robin": {}}],
+                }
+            }
+        ],
+        "methodConfig": [
+            {
+                "name": [{"service": "inference.GRPCInferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.02s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "perAttemptRecvTimeout": f"{BALANCED_ATTEMPT_SECONDS}s",
+                    "retryableStatusCodes": ["UNAVAILABLE", "NOT_FOUND", "CANCELLED"],
+                },
+            }
+        ],
+    }
+)
+BALANCED_OPTIONS = [
+    *(option for option in CHANNEL_OPTIONS if option[0] != "grpc.service_config"),
+    ("grpc.service_config", BALANCED_SERVICE_CONFIG),
+    ("grpc.experimental.enable_hedging", 1),
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.dns_min_time_between_resolutions_ms", 1000),
+    # Connections of its own, not shared with the process's other channels to the same servers:
+    # the per-server counts (server_watch) are then this channel's.
+    ("grpc.use_local_subchannel_pool", 1),
+]
 # Deadline of :meth:`InferenceClient.live` and of the TLS check at connection, s.
 PROBE_SECONDS = 0.2
 
@@ -93,7 +153,11 @@ def loopback_host(host: str) -> str:
 
 def grpc_target(host: str, port: int) -> str:
     """``host:port`` as gRPC takes it: an IPv6 literal in brackets, ``localhost`` as 127.0.0.1."""
-    host = loopback_host(host)
+    return host_and_port(loopback_host(host), port)
+
+
+def host_and_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 literal in brackets; the name as given (a ``dns:`` target resolves it itself)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
@@ -115,9 +179,19 @@ def key_metadata(secret: str | None) -> tuple[tuple[str, str], ...] | None:
     return ((KEY_HEADER, secret), (TRITON_KEY_HEADER, secret)) if secret is not None else None
 
 
-def open_channel(address: str, tls_ca: str | Path | None) -> grpc.Channel:
-    """A gRPC channel to ``address`` with :data:`CHANNEL_OPTIONS`: TLS verified against ``tls_ca`` when given."""
+def open_channel(
+    address: str, tls_ca: str | Path | None, *, balanced: bool = False, tls_name: str | None = None
+) -> grpc.Channel:
+    """A gRPC channel to ``address``: TLS verified against ``tls_ca`` when given.
+
+    ``balanced``: ``address`` is several servers (:data:`BALANCED_OPTIONS`), else one
+    (:data:`CHANNEL_OPTIONS`). ``tls_name``: the name the servers' certificates must hold, when it
+    is not ``address``'s host (a list of addresses, or one server of a list checked on its own).
+    """
+    options = list(BALANCED_OPTIONS if balanced else CHANNEL_OPTIONS)
     if tls_ca is not None:
+        if tls_name is not None:
+            options.append(("grpc.ssl_target_name_override", tls_name))
         credentials = grpc.ssl_channel_credentials(root_certificates=read_root_certificate(tls_ca))
-        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)

@@ -44,6 +44,14 @@ class ModelNotReady(InferenceError):
     """The server answers but the model is unknown, not loaded, or not what the player needs."""
 
 
+class ModelNotLoaded(ModelNotReady):
+    """The server answers but does not have the model ready (an unknown name, still loading, unloading)."""
+
+
+class ServersDisagree(ModelNotReady):
+    """The servers behind one ``--host`` serve different models (other tensors, another game)."""
+
+
 class ServerGoingAway(ServerUnavailable):
     """The model the client checked is gone (NOT_FOUND): the server is shutting down or unloaded it."""
 

@@ -31,13 +31,7 @@ import numpy as np
 from atari_trtis_demo.core.errors import UserError, one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.play.client_answers import (
-    FRAME_SHAPE,
-    answer_q_values,
-    check_signature,
-    recorded_env_id,
-    request_batch_limit,
-)
+from atari_trtis_demo.play.client_answers import FRAME_SHAPE, ServedModel, answer_q_values, served_model
 from atari_trtis_demo.play.client_channel import (
     CHANNEL_OPTIONS,
     KEY_ENV,
@@ -57,24 +51,31 @@ from atari_trtis_demo.play.client_errors import (
     InferenceError,
     InvalidRequest,
     KeyRefused,
+    ModelNotLoaded,
     ModelNotReady,
     RequestTimeout,
     ServerError,
     ServerGoingAway,
+    ServersDisagree,
     ServerUnavailable,
     TlsMismatch,
     rpc_failure,
 )
 from atari_trtis_demo.play.play_stats import LatencyStats
+from atari_trtis_demo.play.server_list import parse_servers
+from atari_trtis_demo.play.server_watch import ServerWatch
 
 # The names this module had before the split, for the play loop, the tests and other callers.
 __all__ = [
     "CHANNEL_OPTIONS", "DATATYPES", "FRAME_SHAPE", "KEY_ENV", "KEY_HEADER", "PROBE_SECONDS", "RETRY_SERVICE_CONFIG",
     "TRITON_KEY_HEADER", "BadResponse", "InferenceClient", "InferenceError", "InvalidRequest", "KeyRefused",
-    "ModelNotReady", "RequestTimeout", "ServerError", "ServerGoingAway", "ServerUnavailable", "TlsMismatch",
+    "ModelNotLoaded", "ModelNotReady", "RequestTimeout", "ServerError", "ServerGoingAway", "ServersDisagree",
+    "ServerUnavailable", "TlsMismatch",
     "grpc_target", "player_key", "read_root_certificate", "speaks_tls",
 ]  # fmt: skip
 
+# The deadline of each call that checks one server of a balanced host on its own, s.
+SERVER_CHECK_SECONDS = 1.0
 # KServe v2 tensor data types by numpy dtype (only what a request may carry here).
 DATATYPES = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64", np.dtype(np.uint8): "UINT8"}
 
@@ -105,31 +106,41 @@ class InferenceClient:
         tls_ca: str | Path | None = None,
     ) -> None:
         self.host, self.port = host, port
-        self.address = grpc_target(host, port)
+        # One server, a list, or a dns: name of many (server_list); balanced over several.
+        self.servers = parse_servers(host, port)
+        self.address = self.servers.address
         self.model = model
         self.version = version
         self.timeout = timeout
         self.stats = LatencyStats()
+        self.tls_ca = tls_ca
         self.tls = tls_ca is not None
         secret = player_key(key)
         self.keyed = secret is not None
         self._metadata = key_metadata(secret)  # kept out of any attribute a repr or message would show
-        self._channel = open_channel(self.address, tls_ca)
+        self._channel = open_channel(
+            self.servers.target, tls_ca, balanced=self.servers.balanced, tls_name=self.servers.tls_override
+        )
         self._stub = GRPCInferenceServiceStub(self._channel)
         self.connected = False
         self.env_id: str | None = None  # the model's game, once connected (None when its config records none)
+        self.served: ServedModel | None = None
+        # Calls answered per server; on a balanced channel also each server's own check. Made right
+        # after the channel: it finds the channel as the newest to its target (server_watch).
+        self.watch = ServerWatch(self.servers, self._served_by, model)
         if connect:
             try:
                 self.connect()
             except BaseException:
-                self._channel.close()
+                self.close()
                 raise
 
     def connect(self, timeout: float | None = None) -> None:
         """Check the server and the model once (every request does it first if it was not done).
 
         A client made with ``connect=False`` can wait for a server that is not up yet.
-        ``timeout``: the deadline of each check call (default: the client's).
+        ``timeout``: the deadline of each check call (default: the client's). Behind a balanced
+        ``host``, every server that answers now is checked on its own (:meth:`_served_by`, server_watch).
         """
         if self.connected:
             return
@@ -139,13 +150,16 @@ class InferenceClient:
             # A TLS server drops a plain client's connection ("Socket closed"), which reads like a
             # server going down; a quick handshake of our own tells the two apart.
             refused = "connection refused" in str(e).lower()  # nothing listens: no handshake to try
-            if not self.tls and e.status == "UNAVAILABLE" and not refused and speaks_tls(self.host, self.port):
+            if not self.tls and e.status == "UNAVAILABLE" and not refused and self._speaks_tls():
                 raise TlsMismatch(
                     f"{self.address} does not speak plain gRPC: is it serving TLS? pass --tls-ca FILE "
                     "(the root certificate that signed the server's)"
                 ) from None
             raise
         self.connected = True
+
+    def _speaks_tls(self) -> bool:
+        return any(speaks_tls(host, port) for host, port in self.servers.probes[:3])
 
     def live(self, timeout: float = PROBE_SECONDS) -> bool:
         """Whether the server answers a liveness call within ``timeout`` s: a cheap probe that also
@@ -155,45 +169,63 @@ class InferenceClient:
         except grpc.RpcError:
             return False
 
+    def answered_by_server(self) -> dict[str, int]:
+        """Calls each server answered so far (OK), by address: what ``--json`` reports as ``servers``.
+
+        Several servers: gRPC's counts of this client's channel (server_watch); one: this client's.
+        """
+        return self.watch.answered()
+
     # -- connection checks -------------------------------------------------------------
 
     def _check_model(self, timeout: float | None = None) -> None:
-        if not self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live:
-            raise ServerUnavailable(f"server at {self.address} is not live")
-        if not self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready:
-            raise ServerUnavailable(f"server at {self.address} is not ready")
-        try:
-            request = pb.ModelReadyRequest(name=self.model, version=self.version)
-            ready = self._call(self._stub.ModelReady, request, timeout).ready
-        except (InvalidRequest, ServerGoingAway):
-            ready = False
-        if not ready:
-            raise ModelNotReady(f"model '{self.model}' not found or not ready on {self.address}")
-        request = pb.ModelMetadataRequest(name=self.model, version=self.version)
-        meta = self._call(self._stub.ModelMetadata, request, timeout)
-        self.signature = check_signature(meta, self.model, self.address)
+        if self.servers.balanced:
+            # Calls through the balanced channel are answered by different servers: each server is
+            # checked on a channel of its own (the watch's first round, _served_by), and the first
+            # to pass sets the model the others must serve. A call first, for the usual errors when
+            # none answers (and so that gRPC connects to every server).
+            self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)
+            self.watch.check_servers()
+            if self.watch.reference is None:
+                raise self.watch.unchecked or ServerUnavailable(f"no server of {self.address} answered the checks")
+            self._adopt(self.watch.reference[1])
+        else:
+
+            def call(method: str, request: Any) -> Any:
+                return self._call(getattr(self._stub, method), request, timeout)
+
+            self._adopt(served_model(call, self.model, self.version, self.address))
+
+    def _adopt(self, served: ServedModel) -> None:
+        self.served, self.signature, self.env_id = served, served.signature, served.env_id
+        self.max_request_batch = served.max_request_batch
         self.batched, self.n_actions = self.signature.batched, self.signature.n_actions
         self.input_name, self.output_name = self.signature.input_name, self.signature.output_name
-        config = self._model_config(timeout)
-        self.env_id = recorded_env_id(config)
-        self.max_request_batch = request_batch_limit(config, self.signature.batched)
 
-    def _model_config(self, timeout: float | None = None) -> pb.ModelConfig | None:
-        """The model's config (Triton's ModelConfig call), or None from a KServe server without it."""
+    def _served_by(self, address: str) -> ServedModel:
+        """What one server of a balanced ``host`` serves, asked on a channel of its own (server_watch judges it)."""
+        channel = open_channel(address, self.tls_ca, tls_name=self.servers.tls_name)
+        stub = GRPCInferenceServiceStub(channel)
+        timeout = SERVER_CHECK_SECONDS if self.timeout is None else min(self.timeout, SERVER_CHECK_SECONDS)
+
+        def call(method: str, request: Any) -> Any:
+            return self._call(getattr(stub, method), request, timeout, address=address)
+
         try:
-            request = pb.ModelConfigRequest(name=self.model, version=self.version)
-            return self._call(self._stub.ModelConfig, request, timeout).config
-        except (InvalidRequest, ServerError):  # UNIMPLEMENTED or refused: not Triton
-            return None
+            return served_model(call, self.model, self.version, address)
+        finally:
+            channel.close()
 
     # -- requests ----------------------------------------------------------------------
 
     def build_request(self, frames: np.ndarray, timeout: float | None = None) -> pb.ModelInferRequest:
         """The ModelInfer request for a (4,84,84) stack or an (N,4,84,84) batch, as raw bytes.
 
-        Connects first if needed (``timeout``: the deadline of each check call).
+        Connects first if needed (``timeout``: the deadline of each check call). Behind a balanced
+        ``host``, a server found serving another model since the last call is raised here.
         """
         self.connect(timeout)
+        self.watch.tick()
         array = np.asarray(frames)
         if array.ndim == 3 and self.batched:
             array = array[None]
@@ -247,6 +279,7 @@ class InferenceClient:
             try:
                 try:
                     response = call.result()
+                    self.watch.count_answer()
                 except grpc.RpcError as e:
                     raise self._error(e, timeout) from None
                 self.stats.record(time.perf_counter() - start)
@@ -315,24 +348,30 @@ class InferenceClient:
     def _deadline(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _call(self, method: Any, request: Any, timeout: float | None = None, address: str | None = None) -> Any:
         try:
-            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+            response = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as e:
-            raise self._error(e, timeout) from None
+            raise self._error(e, timeout, address) from None
+        if address is None:  # not a check of one server on its own channel
+            self.watch.count_answer()
+        return response
 
-    def _error(self, error: grpc.RpcError, timeout: float | None = None) -> InferenceError | UserError:
+    def _error(
+        self, error: grpc.RpcError, timeout: float | None = None, address: str | None = None
+    ) -> InferenceError | UserError:
         return rpc_failure(
             error,
-            address=self.address,
+            address=address or self.address,
             model=self.model,
-            host=self.host,
+            host=self.servers.tls_name,
             deadline=self._deadline(timeout),
             keyed=self.keyed,
             tls=self.tls,
         )
 
     def close(self) -> None:
+        self.watch.close()
         self._channel.close()
 
     def __enter__(self) -> InferenceClient:

@@ -34,8 +34,12 @@ REMOTE_ONLY = ("sync", "reconnect", "request_timeout")
 class RemoteOptions:
     """src/app.py's own flags beside :class:`PlayConfig`'s: where the server is, and how many games."""
 
-    host: str = flag("127.0.0.1", help="the inference server")
-    port: int = flag(8001, type=port, help="its gRPC port")
+    host: str = flag(
+        "127.0.0.1",
+        help="the inference server: HOST or HOST:PORT; several, balanced: a list A:8001,B:8001,C or "
+        "dns:///NAME:PORT (every address of the name); see docs/scaling.md",
+    )
+    port: int = flag(8001, type=port, help="its gRPC port (for a --host without one)")
     model: str = flag(DEFAULT_MODEL_NAME, help="model name in the server's repository")
     fallback_modelpath: str | None = flag(None, help="agent directory to play locally while the server fails")
     tls_ca: str | None = flag(None, metavar="FILE", help="PEM root certificate of a TLS server (key: $ATARI_DEMO_KEY)")
@@ -71,11 +75,17 @@ def play_config(args: argparse.Namespace) -> PlayConfig:
     return from_args(PlayConfig, args)  # env_id: None until the command knows the model's own game
 
 
-def announcer(json_path: str | None):  # -> Callable[[PlayResult], None]
-    """Print the statistics (and write --json) as soon as play ends: before any game-over screen."""
+def announcer(json_path: str | None, servers=None):  # servers: Callable[[], dict[str, int]] | None
+    """Print the statistics (and write --json) as soon as play ends: before any game-over screen.
+
+    ``servers``: what the client counts of the calls each server answered (``InferenceClient.answered_by_server``),
+    for a result that does not hold them yet (``--workers`` results bring their own).
+    """
     from atari_trtis_demo.play.play_result import write_json
 
     def announce(result) -> None:  # result: PlayResult
+        if servers is not None and not result.servers:
+            result.servers = servers()
         print(result.report(), flush=True)
         if json_path:
             write_json(json_path, result)
@@ -159,7 +169,7 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
 
             spec = ServerSpec(server.host, server.port, server.model, config.request_timeout, server.tls_ca)
             return exit_code(play_in_workers(spec, config, server.games, server.workers, announcer(config.json)))
-        return exit_code(play_games(policy, server.games, config, announcer(config.json)))
+        return exit_code(play_games(policy, server.games, config, announcer(config.json, client.answered_by_server)))
     finally:
         policy.close()
 

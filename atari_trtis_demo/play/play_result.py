@@ -172,6 +172,8 @@ class PlayResult:
     games: list[Any] = field(default_factory=list)  # play_loop.Game, each with to_json() and finished_scores
     cpu_seconds: float = 0.0  # this process's CPU in play (with workers: theirs and the parent's)
     round_trips: Any = None  # play_stats.LatencyStats of every wave, for a worker's report
+    # Calls each server answered, by address (InferenceClient.answered_by_server, through play_cli.announcer).
+    servers: dict[str, int] = field(default_factory=dict)
 
     @property
     def steps_per_second(self) -> float:
@@ -200,6 +202,7 @@ class PlayResult:
             "outage": self.outage.to_json(),
             "games": [g.to_json() for g in self.games],
             "evaluation": self.evaluation,
+            "servers": self.servers,
         }
 
     def report(self) -> str:
@@ -236,6 +239,9 @@ class PlayResult:
                 f"  staleness of applied actions (agent steps): mean {s['mean']:.2f}, p50 {s['p50']:g}, "
                 f"p99 {s['p99']:g}, max {s['max']}; histogram {staleness_buckets(self.staleness)}"
             )
+        if len(self.servers) > 1:
+            answered = ", ".join(f"{address} {count}" for address, count in self.servers.items())
+            lines.append(f"  calls answered by {len(self.servers)} servers: {answered}")
         if self.fallback_switches:
             lines.append(f"  fell back to local inference {self.fallback_switches} time(s)")
         if self.outage.outages:

@@ -49,7 +49,7 @@ PR_SET_PDEATHSIG = 1
 class ServerSpec:
     """What a worker needs to open its own channel to the server (the key comes from the environment)."""
 
-    host: str
+    host: str  # as --host gave it: one server, a list or a dns: name (server_list.parse_servers)
     port: int
     model: str
     timeout: float
@@ -127,7 +127,7 @@ def worker_main(
             # break the report or the cleanup.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             result = loop.summarise()
-            conn.send(("report", worker_report(result)))
+            conn.send(("report", worker_report(result, client.answered_by_server())))
         finally:
             if loop is not None:
                 loop.screen.finish()

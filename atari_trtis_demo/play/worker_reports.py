@@ -7,7 +7,7 @@ as one process would have reported the same games. No Chainer here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from atari_trtis_demo.play.play_result import EpisodeStats, OutageStats, PlayResult
@@ -46,10 +46,12 @@ class WorkerReport:
     policy: str
     mode: str
     cpu_seconds: float = 0.0  # this worker's user + system CPU while playing (from the start to its report)
+    servers: dict[str, int] = field(default_factory=dict)  # calls each server answered this worker
 
 
-def worker_report(result: PlayResult) -> WorkerReport:
-    """What a worker sends back of its ``result``: plain data, raw round trips."""
+def worker_report(result: PlayResult, servers: dict[str, int] | None = None) -> WorkerReport:
+    """What a worker sends back of its ``result``: plain data, raw round trips; ``servers``: its client's
+    count of the calls each server answered."""
     games = [GameRecord(g.to_json(), list(g.finished_scores)) for g in result.games]
     # Raw round trips, not a summary: percentiles of percentiles would be wrong.
     round_trips = list(LatencyStats.merged([result.round_trips])._seconds) if result.round_trips else []
@@ -67,6 +69,7 @@ def worker_report(result: PlayResult) -> WorkerReport:
         policy=result.policy,
         mode=result.mode,
         cpu_seconds=result.cpu_seconds,
+        servers=dict(servers or {}),
     )
 
 
@@ -91,6 +94,9 @@ def merge(reports: list[WorkerReport]) -> PlayResult:
         result.fallback_switches = max(result.fallback_switches, r.fallback_switches)
         result.error = result.error or r.error
         result.stopped_by_user = result.stopped_by_user or r.stopped_by_user
+        for address, count in r.servers.items():
+            result.servers[address] = result.servers.get(address, 0) + count
     result.steps = sum(e.steps for e in result.episodes)
     result.latency = latency.summary()
+    result.servers = dict(sorted(result.servers.items()))
     return result

@@ -69,6 +69,26 @@ GRPC_CONNECTION_AGE_MS = 1000
 GRPC_CONNECTION_AGE_GRACE_MS = 500
 
 
+def policy_flags(access: Access, tls: tuple[Path, Path] | None) -> list[str]:
+    """Triton's flags for who may reach what and how long a connection lives: TLS, the connection age,
+    the restricted protocols. Also what ``deploy/kubernetes`` passes NVIDIA's Triton (tests/test_deploy.py)."""
+    tls_flags = []
+    if tls:
+        tls_flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={tls[0]}", f"--grpc-server-key={tls[1]}"]
+    return [
+        # Triton keeps every streamed request until its answer is written, and a client
+        # that never reads lets none be written: one unread ModelStreamInfer stream grew
+        # tritonserver past 3 GB in 10 s. Closing every connection after 1 s (0.5 s of grace
+        # for calls in flight) bounds what one connection can hold; players reconnect at
+        # once and retry the rare call cut by the close (client_channel.CHANNEL_OPTIONS).
+        # Figures: docs/serving.md, "A stream flood".
+        f"--grpc-max-connection-age={GRPC_CONNECTION_AGE_MS}",
+        f"--grpc-max-connection-age-grace={GRPC_CONNECTION_AGE_GRACE_MS}",
+        *tls_flags,
+        *access.triton_flags(),
+    ]
+
+
 def check_port_numbers(ports: dict[str, int]) -> None:
     """Every port in range and distinct; ``ports`` maps each flag (``--grpc-port``...) to its port."""
     for flag, number in ports.items():
@@ -152,9 +172,6 @@ def start_server(
             repo, backends = prepare_twin_repository(models, workdir), prepare_python_backend(workdir)
         key_file = access.write_admin_key(workdir)
         close_to_others(workdir)
-        tls_flags = []
-        if tls:
-            tls_flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={tls[0]}", f"--grpc-server-key={tls[1]}"]
         web_flags = [
             f"--http-address={triton_http_address(web_address)}",
             f"--http-port={http_port}",
@@ -179,16 +196,7 @@ def start_server(
             # The python backend's regions carry this server's own prefix: its regions are known by
             # name, to remove when it dies, and no other server's are ever touched.
             f"--backend-config=python,shm-region-prefix-name={shm_prefix(workdir)}",
-            # Triton keeps every streamed request until its answer is written, and a client
-            # that never reads lets none be written: one unread ModelStreamInfer stream grew
-            # tritonserver past 3 GB in 10 s. Closing every connection after 1 s (0.5 s of grace
-            # for calls in flight) bounds what one connection can hold; players reconnect at
-            # once and retry the rare call cut by the close (client_channel.CHANNEL_OPTIONS).
-            # Figures: docs/serving.md, "A stream flood".
-            f"--grpc-max-connection-age={GRPC_CONNECTION_AGE_MS}",
-            f"--grpc-max-connection-age-grace={GRPC_CONNECTION_AGE_GRACE_MS}",
-            *tls_flags,
-            *access.triton_flags(),
+            *policy_flags(access, tls),
         ]
         server = TritonServer(
             None,  # type: ignore[arg-type]  # set by launch (triton_process)
