@@ -37,12 +37,6 @@ TWIN_BATCH_FACTOR = 4
 # cores with the players this burnt most of the server's CPU waiting. One intra-op
 # thread, no spinning: measured in docs/benchmarks.md ("The twin's onnxruntime threads").
 ORT_SETTINGS = {"ort_intra_op_threads": "1", "ort_allow_spinning": "0"}
-# tritonserver's malloc (glibc's) hands the free top of a heap back to the kernel once it
-# passes 128 KB: every 113 KB frame stack's buffers were faulted in afresh (9 page faults and
-# a third of an madvise per batch-1 request). Keeping up to 32 MiB per heap, and serving
-# blocks up to 32 MiB (the twin's largest batch is 14.5 MB) from the heap rather than mmap,
-# ends both; measured in docs/benchmarks.md ("The server's CPU at batch 1").
-MALLOC_TUNABLES = "glibc.malloc.trim_threshold=33554432:glibc.malloc.mmap_threshold=33554432"
 
 
 def _dims(values: object) -> str:
@@ -173,10 +167,8 @@ def server_environment() -> dict[str, str]:
     loading fails ('_thread.RLock' object has no attribute '_recursion_count').
     The stub runs Python in isolated mode (PYTHONPATH is ignored), so the twin's
     model.py adds ATARI_TRTIS_SITE_PACKAGES, this environment's site-packages, itself.
-    glibc's malloc keeps freed memory (:data:`MALLOC_TUNABLES`; the user's own GLIBC_TUNABLES come after, and win).
     """
     env = dict(os.environ)
-    env["GLIBC_TUNABLES"] = ":".join(t for t in (MALLOC_TUNABLES, env.get("GLIBC_TUNABLES", "")) if t)
     libdir = sysconfig.get_config_var("LIBDIR") or os.path.join(sys.base_prefix, "lib")
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     env["ATARI_TRTIS_SITE_PACKAGES"] = sysconfig.get_paths()["purelib"]
