@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_twin.py [--requests 500] [--rounds 6] [--old 41fab34] [--port 19100]
 
-One run, two tritonservers prepared as ``serve`` prepares them (python-backend twins of a
+One run, one tritonserver prepared as ``serve`` prepares it (python-backend twins of a
 freshly converted Pong Nature DQN, the converter's config), every side a model of its own
 with its own stub process; each round measures every side in turn (the order reversed
 every other round), and the medians over rounds are reported:
@@ -11,10 +11,8 @@ every other round), and the medians over rounds are reported:
   (``triton_twin.ORT_SETTINGS``), CPU per call in a hot loop, batch 1 and batch 32; and the
   batch-1 forward right after reading 16 MB of other memory (its weights out of the caches,
   as in a server that does other work between two requests), for reference;
-- ``twin``: this tree's twin (``triton_twin_model.py``) and serve's environment;
-- ``old``: the twin of ``--old`` (its ``triton_twin_model.py``, read with ``git show``), same
-  config, in the second tritonserver, started without glibc's malloc tunables
-  (``triton_twin.MALLOC_TUNABLES``), as serve started it before them;
+- ``twin``: this tree's twin (``triton_twin_model.py``);
+- ``old``: the twin of ``--old`` (its ``triton_twin_model.py``, read with ``git show``), same config;
 - ``twin_delay0`` and ``twin_nobatch``: this twin with ``max_queue_delay_microseconds: 0``,
   and without dynamic batching: what Triton's batcher costs at batch 1;
 - ``floor``: a python-backend model that answers zeros without running anything: what
@@ -30,7 +28,6 @@ input, infer, output) comes from its metrics endpoint.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
@@ -38,7 +35,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +43,7 @@ import numpy as np
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.core.model_repository import read_repository
 from atari_trtis_demo.play.inference_client import InferenceClient, ServerUnavailable
-from atari_trtis_demo.serving import triton_process, triton_twin
+from atari_trtis_demo.serving import triton_twin
 from atari_trtis_demo.serving.serve import TritonServer, serving
 from atari_trtis_demo.serving.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
 from atari_trtis_demo.train.agent import make_agent
@@ -109,12 +106,11 @@ def stub_pid(server: TritonServer, model: str) -> int:
     raise SystemExit(f"no stub process found for model {model}")
 
 
-def build_repositories(tmp: Path, old: str) -> tuple[Path, Path, Path]:
-    """Twin repositories as serve makes them, a model per side: this tree's sides, ``old``'s side; the backends."""
+def build_repository(tmp: Path, old: str) -> tuple[Path, Path]:
+    """The twin repository serve would make, with each side as a model of its own, and the backend folder."""
     make_agent(N_ACTIONS).save(str(tmp / "agent"))
     convert(str(tmp / "agent"), repository=str(tmp / "onnx"), name="twin", instance_kind="KIND_CPU", env_id=GAME)
-    repo = triton_twin.prepare_twin_repository(read_repository(tmp / "onnx"), tmp / "new")
-    old_repo = triton_twin.prepare_twin_repository(read_repository(tmp / "onnx"), tmp / "old")
+    repo = triton_twin.prepare_twin_repository(read_repository(tmp / "onnx"), tmp)
     backends = triton_twin.prepare_python_backend(tmp / "python")
     old_source = subprocess.run(
         ["git", "show", f"{old}:atari_trtis_demo/serving/triton_twin_model.py"],
@@ -126,37 +122,17 @@ def build_repositories(tmp: Path, old: str) -> tuple[Path, Path, Path]:
     config = (repo / "twin" / "config.pbtxt").read_text()
     delay = re.compile(r"max_queue_delay_microseconds: \d+")
     sides = {
-        (old_repo, "old"): (old_source, config),
-        (repo, "twin_delay0"): (None, delay.sub("max_queue_delay_microseconds: 0", config)),
-        (repo, "twin_nobatch"): (None, config[: config.index("dynamic_batching {")]),
-        (repo, "floor"): (FLOOR_MODEL, config),
+        "old": (old_source, config),
+        "twin_delay0": (None, delay.sub("max_queue_delay_microseconds: 0", config)),
+        "twin_nobatch": (None, config[: config.index("dynamic_batching {")]),
+        "floor": (FLOOR_MODEL, config),
     }
-    for (root, name), (source, text) in sides.items():
-        shutil.copytree(root / "twin", root / name, symlinks=True)
-        (root / name / "config.pbtxt").write_text(text.replace('name: "twin"', f'name: "{name}"', 1))
+    for name, (source, text) in sides.items():
+        shutil.copytree(repo / "twin", repo / name, symlinks=True)
+        (repo / name / "config.pbtxt").write_text(text.replace('name: "twin"', f'name: "{name}"', 1))
         if source is not None:
-            (root / name / "1" / triton_twin.TWIN_FILENAME).write_text(source)
-    shutil.rmtree(old_repo / "twin")
-    return repo, old_repo, backends
-
-
-@contextlib.contextmanager
-def environment_before_malloc_tunables() -> Iterator[None]:
-    """tritonserver started as before serve set glibc's malloc tunables (triton_twin.MALLOC_TUNABLES)."""
-    current = triton_process.server_environment
-
-    def environment() -> dict[str, str]:
-        env = current()
-        env.pop("GLIBC_TUNABLES")
-        if "GLIBC_TUNABLES" in os.environ:
-            env["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
-        return env
-
-    triton_process.server_environment = environment
-    try:
-        yield
-    finally:
-        triton_process.server_environment = current
+            (repo / name / "1" / triton_twin.TWIN_FILENAME).write_text(source)
+    return repo, backends
 
 
 def bare_forward(onnx_file: Path) -> Callable[[np.ndarray, int, bool], float]:
@@ -230,66 +206,62 @@ def main() -> None:
     sides = ["twin", "old", "twin_delay0", "twin_nobatch", "floor"]
     results: dict[tuple[str, int], list[dict]] = {(side, b): [] for side in sides for b in batches}
     bare: dict[str, list[float]] = {"1": [], "32": [], "1 cold": []}
-    with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
-        repo, old_repo, backends = build_repositories(Path(tmp_name), args.old)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        repo, backends = build_repository(Path(tmp_name), args.old)
         forward = bare_forward(Path(tmp_name) / "onnx" / "twin" / "1" / "model.onnx")
-        servers: dict[str, TritonServer] = {}
-        for name, root in (("new", repo), ("old", old_repo)):
-            port = args.port + (3 if name == "old" else 0)
-            with environment_before_malloc_tunables() if name == "old" else contextlib.nullcontext():
-                servers[name] = stack.enter_context(
-                    serving(
-                        root, backend_directory=str(backends), grpc_port=port, http_port=port + 1, metrics_port=port + 2
-                    )
-                )
-            wait_for_metrics(metrics_url(servers[name].address, servers[name].metrics_port))
-        server_of = {side: servers["old" if side == "old" else "new"] for side in sides}
-        clients = {side: InferenceClient("127.0.0.1", server_of[side].grpc_port, side) for side in sides}
-        try:
-            for round_index in range(args.rounds):
-                bare["1"].append(forward(batches[1], args.requests, False))
-                bare["1 cold"].append(forward(batches[1], args.requests // 2, True))
-                bare["32"].append(forward(batches[32], max(1, args.requests // 8), False) / 32)
-                for side in sides if round_index % 2 == 0 else sides[::-1]:
-                    for b, frames in batches.items():
-                        calls = args.requests if b == 1 else max(1, args.requests // 8)
-                        results[side, b].append(serve_side(server_of[side], clients[side], side, frames, calls))
-                print(f"round {round_index + 1} of {args.rounds} done", flush=True)
-        finally:
-            for client in clients.values():
-                client.close()
+        ports = {"grpc_port": args.port, "http_port": args.port + 1, "metrics_port": args.port + 2}
+        with serving(repo, backend_directory=str(backends), **ports) as server:
+            wait_for_metrics(metrics_url(server.address, server.metrics_port))
+            clients = {side: InferenceClient("127.0.0.1", server.grpc_port, side) for side in sides}
+            try:
+                for round_index in range(args.rounds):
+                    bare["1"].append(forward(batches[1], args.requests, False))
+                    bare["1 cold"].append(forward(batches[1], args.requests // 2, True))
+                    bare["32"].append(forward(batches[32], max(1, args.requests // 8), False) / 32)
+                    for side in sides if round_index % 2 == 0 else sides[::-1]:
+                        for b, frames in batches.items():
+                            calls = args.requests if b == 1 else max(1, args.requests // 8)
+                            results[side, b].append(serve_side(server, clients[side], side, frames, calls))
+                    print(f"round {round_index + 1} of {args.rounds} done", flush=True)
+            finally:
+                for client in clients.values():
+                    client.close()
     report(results, bare, sides, args)
+
+
+def spread(values: list[float], scale: float = 1.0) -> str:
+    """Median and the middle half of ``values``: '1.10 (0.95-1.30)'."""
+    low, median, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"{scale * median:.2f} ({scale * low:.2f}-{scale * high:.2f})"
 
 
 def report(results: dict, bare: dict, sides: list[str], args: argparse.Namespace) -> None:
     forward = {key: statistics.median(values) for key, values in bare.items()}
     print(
         f"\n{args.rounds} rounds, {args.requests} batch-1 and {max(1, args.requests // 8)} batch-32 sync requests "
-        f"per side and round; medians. Bare onnxruntime forward, CPU per frame stack: batch 1 "
-        f"{1e3 * forward['1']:.3f} ms (after 16 MB read: {1e3 * forward['1 cold']:.3f} ms), batch 32 "
-        f"{1e3 * forward['32']:.3f} ms"
+        f"per side and round; medians (middle half of the rounds). Bare onnxruntime forward, CPU per frame stack: "
+        f"batch 1 {spread(bare['1'], 1e3)} ms, after 16 MB read {spread(bare['1 cold'], 1e3)} ms; "
+        f"batch 32 {spread(bare['32'], 1e3)} ms"
     )
-    print(f"{'side':13s} | batch 1: server CPU / request, x bare, round trip | batch 32: server CPU / stack, x bare")
+    print("side           batch 1: server CPU per request, x bare, round trip   batch 32: server CPU per stack, x bare")
     for side in sides:
-        one = [r["cpu"] for r in results[side, 1]]
-        many = [r["cpu"] for r in results[side, 32]]
+        one, many = [r["cpu"] for r in results[side, 1]], [r["cpu"] for r in results[side, 32]]
         rtt = statistics.median(r["rtt"] for r in results[side, 1])
-        cpu1, cpu32 = statistics.median(one), statistics.median(many)
         print(
-            f"{side:13s} | {1e3 * cpu1:.3f} ms  {cpu1 / forward['1']:.2f}x  {1e3 * rtt:.3f} ms "
-            f"| {1e3 * cpu32:.3f} ms  {cpu32 / forward['32']:.2f}x  (rounds: {' '.join(f'{1e3 * c:.2f}' for c in one)})"
+            f"{side:14s} {spread(one, 1e3):>18s} ms  {statistics.median(one) / forward['1']:4.2f}x  "
+            f"{1e3 * rtt:.2f} ms        {spread(many, 1e3):>18s} ms  {statistics.median(many) / forward['32']:4.2f}x"
         )
     dropped = sum(r["dropped"] for runs in results.values() for r in runs)
     print(f"requests lost to a connection's closing and sent again: {dropped}")
     print("Triton's breakdown at batch 1 (last round):")
     for side in sides:
         print(f"  {side:13s} {results[side, 1][-1]['breakdown'].line()}")
-    ratios = [new["cpu"] / old["cpu"] for new, old in zip(results["twin", 1], results["old", 1], strict=True)]
-    ratios32 = [new["cpu"] / old["cpu"] for new, old in zip(results["twin", 32], results["old", 32], strict=True)]
-    print(
-        f"twin / old ({args.old}), server CPU: batch 1 {statistics.median(ratios):.2f}x "
-        f"(rounds {' '.join(f'{r:.2f}' for r in ratios)}), batch 32 {statistics.median(ratios32):.2f}x"
-    )
+    print("server CPU, side against side within each round:")
+    for new, old in (("twin", "old"), ("twin_delay0", "twin"), ("twin_nobatch", "twin")):
+        ratios = {
+            b: [n["cpu"] / o["cpu"] for n, o in zip(results[new, b], results[old, b], strict=True)] for b in (1, 32)
+        }
+        print(f"  {new:12s} / {old:4s}: batch 1 {spread(ratios[1])}x, batch 32 {spread(ratios[32])}x")
 
 
 if __name__ == "__main__":
