@@ -1,6 +1,7 @@
 """The server's CPU per request at batch 1 (and per stack at batch 32) against the bare onnxruntime forward.
 
     .venv/bin/python bench/bench_twin.py [--requests 500] [--rounds 6] [--old 41fab34] [--port 19100]
+        [--flags="--backend-config=python,shm-default-byte-size=33554432"] [--env NAME=VALUE]
 
 One run, one tritonserver prepared as ``serve`` prepares it (python-backend twins of a
 freshly converted Pong Nature DQN, the converter's config), every side a model of its own
@@ -16,7 +17,10 @@ every other round), and the medians over rounds are reported:
 - ``twin_delay0`` and ``twin_nobatch``: this twin with ``max_queue_delay_microseconds: 0``,
   and without dynamic batching: what Triton's batcher costs at batch 1;
 - ``floor``: a python-backend model that answers zeros without running anything: what
-  tritonserver and the python backend cost per request whatever the model does.
+  tritonserver and the python backend cost per request whatever the model does;
+- ``twin_flags``, with ``--flags`` or ``--env``: this twin in a second tritonserver started
+  with serve's command line plus those Triton flags (or environment variables), for trying
+  a server setting side by side (docs/benchmarks.md lists those tried).
 
 Server CPU is that tritonserver's (all its threads) plus the side's own stub process, read
 from ``/proc/<pid>/task/*/schedstat`` before and after ``--requests`` sync requests of one
@@ -28,21 +32,26 @@ input, infer, output) comes from its metrics endpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.core.model_repository import read_repository
-from atari_trtis_demo.play.inference_client import InferenceClient, ServerUnavailable
+from atari_trtis_demo.play.inference_client import InferenceClient, ModelNotReady, ServerUnavailable
 from atari_trtis_demo.serving import triton_twin
 from atari_trtis_demo.serving.serve import TritonServer, serving
 from atari_trtis_demo.serving.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
@@ -94,7 +103,7 @@ def process_cpu(pid: int) -> float:
 
 def stub_pid(server: TritonServer, model: str) -> int:
     """The python-backend stub process that runs ``model`` (its model.py path names the model)."""
-    marker = f"/repository/{model}/".encode()
+    marker = f"/{model}/1/".encode()
     for entry in os.listdir("/proc"):
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
@@ -132,7 +141,44 @@ def build_repository(tmp: Path, old: str) -> tuple[Path, Path]:
         (repo / name / "config.pbtxt").write_text(text.replace('name: "twin"', f'name: "{name}"', 1))
         if source is not None:
             (repo / name / "1" / triton_twin.TWIN_FILENAME).write_text(source)
+    flagged = tmp / "flagged"
+    flagged.mkdir()
+    shutil.copytree(repo / "twin", flagged / "twin_flags", symlinks=True)
+    (flagged / "twin_flags" / "config.pbtxt").write_text(config.replace('name: "twin"', 'name: "twin_flags"', 1))
     return repo, backends
+
+
+@contextlib.contextmanager
+def flagged_server(like: TritonServer, repo: Path, port: int, flags: list[str], env: list[str]) -> Iterator[Any]:
+    """A second tritonserver: ``like``'s command line on ``repo`` and ``port`` (.. + 2), plus ``flags`` and ``env``."""
+    replaced = {"--model-repository": repo, "--grpc-port": port, "--http-port": port + 1, "--metrics-port": port + 2}
+    command = [
+        f"{a.split('=')[0]}={replaced[a.split('=')[0]]}" if a.split("=")[0] in replaced else a for a in like.command
+    ]
+    environment = {**triton_twin.server_environment(), **dict(item.split("=", 1) for item in env)}
+    with (repo.parent / "flagged.log").open("w") as log:
+        process = subprocess.Popen(
+            command + flags, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                InferenceClient("127.0.0.1", port, "twin_flags", timeout=2).close()
+                break
+            except (ServerUnavailable, ModelNotReady):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = (repo.parent / "flagged.log").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"tritonserver with {flags} {env} did not get ready:\n{tail}") from None
+                time.sleep(0.5)
+        yield SimpleNamespace(process=process, address=like.address, grpc_port=port, metrics_port=port + 2)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # Triton unloads its models: the stubs remove their shared memory
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def bare_forward(onnx_file: Path) -> Callable[[np.ndarray, int, bool], float]:
@@ -200,19 +246,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--old", default="41fab34", help="git revision whose twin is the 'old' side")
     parser.add_argument("--port", type=int, default=19100, help="gRPC port (HTTP and metrics use the next two)")
+    parser.add_argument(
+        "--flags",
+        default="",
+        help='Triton flags of a second server (side twin_flags), one string: --flags="--a=1 --b=2"',
+    )
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for that second server's environment")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     batches = {1: rng.random((1, 4, 84, 84), dtype=np.float32), 32: rng.random((32, 4, 84, 84), dtype=np.float32)}
-    sides = ["twin", "old", "twin_delay0", "twin_nobatch", "floor"]
+    sides = ["twin", "old", "twin_delay0", "twin_nobatch", "floor"] + ["twin_flags"] * bool(args.flags or args.env)
     results: dict[tuple[str, int], list[dict]] = {(side, b): [] for side in sides for b in batches}
     bare: dict[str, list[float]] = {"1": [], "32": [], "1 cold": []}
     with tempfile.TemporaryDirectory() as tmp_name:
         repo, backends = build_repository(Path(tmp_name), args.old)
         forward = bare_forward(Path(tmp_name) / "onnx" / "twin" / "1" / "model.onnx")
         ports = {"grpc_port": args.port, "http_port": args.port + 1, "metrics_port": args.port + 2}
-        with serving(repo, backend_directory=str(backends), **ports) as server:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(serving(repo, backend_directory=str(backends), **ports))
             wait_for_metrics(metrics_url(server.address, server.metrics_port))
-            clients = {side: InferenceClient("127.0.0.1", server.grpc_port, side) for side in sides}
+            server_of = dict.fromkeys(sides, server)
+            if "twin_flags" in sides:
+                flags = shlex.split(args.flags)
+                server_of["twin_flags"] = stack.enter_context(
+                    flagged_server(server, Path(tmp_name) / "flagged", args.port + 3, flags, args.env)
+                )
+            clients = {side: InferenceClient("127.0.0.1", server_of[side].grpc_port, side) for side in sides}
             try:
                 for round_index in range(args.rounds):
                     bare["1"].append(forward(batches[1], args.requests, False))
@@ -221,7 +280,7 @@ def main() -> None:
                     for side in sides if round_index % 2 == 0 else sides[::-1]:
                         for b, frames in batches.items():
                             calls = args.requests if b == 1 else max(1, args.requests // 8)
-                            results[side, b].append(serve_side(server, clients[side], side, frames, calls))
+                            results[side, b].append(serve_side(server_of[side], clients[side], side, frames, calls))
                     print(f"round {round_index + 1} of {args.rounds} done", flush=True)
             finally:
                 for client in clients.values():
@@ -257,7 +316,9 @@ def report(results: dict, bare: dict, sides: list[str], args: argparse.Namespace
     for side in sides:
         print(f"  {side:13s} {results[side, 1][-1]['breakdown'].line()}")
     print("server CPU, side against side within each round:")
-    for new, old in (("twin", "old"), ("twin_delay0", "twin"), ("twin_nobatch", "twin")):
+    for new, old in [("twin", "old"), ("twin_delay0", "twin"), ("twin_nobatch", "twin")] + [("twin_flags", "twin")] * (
+        "twin_flags" in sides
+    ):
         ratios = {
             b: [n["cpu"] / o["cpu"] for n, o in zip(results[new, b], results[old, b], strict=True)] for b in (1, 32)
         }
