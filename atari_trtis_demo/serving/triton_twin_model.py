@@ -14,6 +14,7 @@ of its batch are answered. Replies never carry a traceback or a server path.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -70,6 +71,45 @@ def session_options(config):
     return options
 
 
+class InputSpec:
+    """One input of the config and its check, with everything that does not depend on the request computed once."""
+
+    def __init__(self, tensor, max_batch_size):
+        self.name = tensor["name"]
+        self.dims = [int(d) for d in tensor["dims"]]
+        self.dtype, self.datatype = DATA_TYPES[tensor["data_type"]]
+        self.max_batch_size = max_batch_size
+        self.reshaped = bool(max_batch_size and tensor.get("reshape"))
+        dims_text = ", ".join(map(str, self.dims))
+        if max_batch_size:
+            self.expected = f"[n, {dims_text}] {self.datatype} with 1 <= n <= {max_batch_size}"
+        else:
+            self.expected = f"[{dims_text}] {self.datatype}"
+
+    def checked(self, tensor):
+        """This input's array, viewed in the shape the client sent, and its batch size (None without a batch)."""
+        if tensor is None:
+            raise BadRequest(f"input '{self.name}' is missing")
+        shape = list(tensor.shape())
+        if self.reshaped:
+            # Back to the shape the client sent: [n, 1, *dims] -> [n, *dims], and a
+            # batch-less [1, *dims] -> [*dims] (the declared batch was lost).
+            dims = self.dims
+            shape = shape[:1] + shape[2:] if len(shape) == len(dims) + 2 and shape[1] == 1 else shape[1:]
+        if self.max_batch_size:
+            ok = len(shape) == len(self.dims) + 1 and shape[1:] == self.dims and 1 <= shape[0] <= self.max_batch_size
+        else:
+            ok = shape == self.dims
+        if not ok:
+            raise BadRequest(f"input '{self.name}': expected shape {self.expected}, got {shape}")
+        array = tensor.as_numpy()
+        if array.dtype != self.dtype:
+            raise BadRequest(f"input '{self.name}': expected {self.datatype}, got {array.dtype}")
+        if array.size != math.prod(shape):
+            raise BadRequest(f"input '{self.name}': {array.nbytes} bytes do not fill shape {shape} {self.datatype}")
+        return array.reshape(shape), (shape[0] if self.max_batch_size else None)  # a view: drops the reshape's 1
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -82,50 +122,21 @@ class TritonPythonModel:
         # execute; each request is held to the model's limit here, and onnxruntime never
         # runs more than it at once.
         self.max_batch_size = int(config["parameters"]["max_batch_size"]["string_value"])
-        # name -> (dims without the batch dimension, numpy dtype, KServe datatype)
-        self.inputs = {
-            tensor["name"]: ([int(d) for d in tensor["dims"]], *DATA_TYPES[tensor["data_type"]])
-            for tensor in config["input"]
-        }
         # serve reshapes each input to [1, *dims] (triton_twin.twin_config) so that a
         # request whose declared batch Triton truncated to 0 shows a first dimension of 1,
         # not 4, to the python backend's batch sum. Such a request arrives as [1, *dims]
         # and well-formed ones as [n, 1, *dims]: the extra 1 is dropped here.
-        self.reshaped = {
-            tensor["name"]: bool(self.max_batch_size and tensor.get("reshape")) for tensor in config["input"]
-        }
+        self.inputs = [InputSpec(tensor, self.max_batch_size) for tensor in config["input"]]
         self.output_names = [tensor["name"] for tensor in config["output"]]
 
     def checked_inputs(self, request):
         """The request's input arrays and batch size, or BadRequest naming the tensor at fault."""
         arrays, batch = {}, None
-        for name, (dims, dtype, datatype) in self.inputs.items():
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise BadRequest(f"input '{name}' is missing")
-            shape = [int(d) for d in tensor.shape()]
-            if self.reshaped[name]:
-                # Back to the shape the client sent: [n, 1, *dims] -> [n, *dims], and a
-                # batch-less [1, *dims] -> [*dims] (the declared batch was lost).
-                shape = shape[:1] + shape[2:] if len(shape) == len(dims) + 2 and shape[1] == 1 else shape[1:]
-            dims_text = ", ".join(map(str, dims))
-            if self.max_batch_size:
-                ok = len(shape) == len(dims) + 1 and shape[1:] == dims and 1 <= shape[0] <= self.max_batch_size
-                expected = f"[n, {dims_text}] {datatype} with 1 <= n <= {self.max_batch_size}"
-            else:
-                ok, expected = shape == dims, f"[{dims_text}] {datatype}"
-            if not ok:
-                raise BadRequest(f"input '{name}': expected shape {expected}, got {shape}")
-            array = tensor.as_numpy()
-            if array.dtype != dtype:
-                raise BadRequest(f"input '{name}': expected {datatype}, got {array.dtype}")
-            if array.size != int(np.prod(shape, dtype=np.int64)):
-                raise BadRequest(f"input '{name}': {array.nbytes} bytes do not fill shape {shape} {datatype}")
-            array = array.reshape(shape)  # a view: drops the reshape's 1
-            n = shape[0] if self.max_batch_size else None
+        for spec in self.inputs:
+            array, n = spec.checked(pb_utils.get_input_tensor_by_name(request, spec.name))
             if arrays and n != batch:
-                raise BadRequest(f"input '{name}': batch {n} differs from the other inputs' {batch}")
-            arrays[name], batch = array, n
+                raise BadRequest(f"input '{spec.name}': batch {n} differs from the other inputs' {batch}")
+            arrays[spec.name], batch = array, n
         return arrays, batch
 
     def execute(self, requests):
@@ -158,7 +169,12 @@ class TritonPythonModel:
 
     def run_batch(self, accepted, responses):
         """Run every accepted request as one onnxruntime batch and split the outputs back."""
-        feeds = {name: np.concatenate([arrays[name] for _, arrays, _ in accepted]) for name in self.inputs}
+        if len(accepted) == 1:  # a lone request (every request of a lone player): its own arrays, no copy
+            feeds = accepted[0][1]
+        else:
+            feeds = {
+                spec.name: np.concatenate([arrays[spec.name] for _, arrays, _ in accepted]) for spec in self.inputs
+            }
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as e:
