@@ -29,6 +29,7 @@ from atari_trtis_demo.play.play_result import CUT_SHORT, GAME_OVER_SECONDS, STEP
 from atari_trtis_demo.play.play_stats import LatencyStats
 from atari_trtis_demo.play.policies import Policy
 from atari_trtis_demo.play.screen import Screen, check_record_path
+from atari_trtis_demo.play.web_address import PLAY_ON_EPISODES
 
 WAIT_SLICE = 0.05  # a loop waiting for answers looks at the keys this often
 OVERLAY_SECONDS = 1.0  # the many-game overlay's percentiles are recomputed this often (they cover every request)
@@ -59,7 +60,13 @@ class PlayLoop:
                 self.games.append(Game(i, seed, env, policy, config.episodes, config.episode_cap))
             check_action_count(policies[0].name, policies[0].n_actions, self.games[0].env, config.env_id)
             options = dict(scale=config.rendering_scale, headless=config.headless, record=config.record)
-            if self.n == 1:
+            if config.web is not None:  # a page in the browser instead of a window, for 1 or N games
+                from atari_trtis_demo.play.web_screen import WebScreen
+
+                games = "" if self.n == 1 else f"{self.n} games, "
+                title = f"{config.env_id}: {games}{policies[0].name}, {self.mode} inference"
+                self.screen = WebScreen(title, config.web, record=config.record, screenshot=config.screenshot)
+            elif self.n == 1:
                 title = f"{config.env_id}: {policies[0].name}, {self.mode} inference"
                 self.screen: Screen = Screen(title, screenshot=config.screenshot, **options)
             else:
@@ -168,7 +175,8 @@ class PlayLoop:
             away = f"SERVER AWAY: waiting {waited:.0f} of {self.outage.limit:g} s"
         if self.n == 1:
             g = self.games[0]
-            episode = f"{min(len(g.episodes) + 1, g.episodes_to_play)}/{g.episodes_to_play}"
+            episode = f"{min(len(g.episodes) + 1, g.episodes_to_play)}"
+            episode += f"/{g.episodes_to_play}" if g.episodes_to_play < PLAY_ON_EPISODES else ""
             overlay = overlay_lines(g.policy, self.mode, g.score, episode, steps / elapsed)
             warning = away or ("LOCAL FALLBACK" if g.policy.on_fallback else None)
             self.screen.draw(g.env.unwrapped.ale.getScreenRGB(), overlay, warning, tick)
