@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from helpers import REMOTE, free_ports, one_error_line, run_command
+from helpers import REMOTE, Player, free_ports, one_error_line, run_command
 
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.play.play_cli import play_config, remote_parser
@@ -261,3 +261,16 @@ def test_screenshot_and_record_keep_the_games_pixels(tmp_path: Path) -> None:
 
     assert imageio.imread(shot).shape == (210, 320, 3), "two games side by side"
     assert len(imageio.mimread(gif)) == 6, "every second step of 12"
+
+
+def test_ctrl_c_ends_a_web_player_with_its_statistics(server) -> None:
+    """src/app.py --web against the session's Triton: the URL printed, Ctrl-C ends play as in the window."""
+    player = Player("--host", "127.0.0.1", "--port", str(server.grpc_port), "--web", "127.0.0.1:0", "--games", "2")
+    try:
+        player.wait_for("watch the game at http://127.0.0.1:", timeout=120)
+        done = player.stop()
+    finally:
+        if player.proc.poll() is None:
+            player.proc.kill()
+    assert done.returncode == 0, done.stderr
+    assert "sync play of 2 games" in done.stdout and "Traceback" not in done.stderr

@@ -45,11 +45,16 @@ class WebAddress:
     def loopback(self) -> bool:
         return is_loopback(self.host)
 
-    def url(self, port: int | None = None) -> str:
-        """The URL to open, with the key in it when one is asked (``port``: the one actually bound)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if host in ("0.0.0.0", "[::]"):  # every address: name this machine's loopback, which works here
-            host = "127.0.0.1" if host == "0.0.0.0" else "[::1]"
+    @property
+    def every_address(self) -> bool:
+        """0.0.0.0 or ::, which other machines reach by this machine's name."""
+        return self.host in ("0.0.0.0", "::")
+
+    def url(self, port: int | None = None, host: str | None = None) -> str:
+        """The URL to open, with the key in it when one is asked (``port``: the one actually bound; ``host``:
+        another name for this machine). On every address it names this machine's loopback, which works here."""
+        host = host or ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host))
+        host = f"[{host}]" if ":" in host else host
         query = "?" + urllib.parse.urlencode({"key": self.key}) if self.key else ""
         return f"http://{host}:{self.port if port is None else port}/{query}"
 

@@ -12,6 +12,7 @@ No Chainer here.
 from __future__ import annotations
 
 import queue
+import socket
 import time
 from collections.abc import Sequence
 
@@ -42,6 +43,8 @@ class WebScreen:
         self.server = WebServer(address, title)
         url = self.server.start()
         print(f"watch the game at {url}   (P or Space: pause, Esc or Q: end play)", flush=True)
+        if address.every_address:
+            print(f"  from other machines: {address.url(self.server.port, socket.gethostname())}", flush=True)
         self.draws = True  # the page is drawn whether or not anyone watches: a viewer may come at any time
         self.paused_seconds = 0.0  # time spent paused, which play does not count as playing
         self.number = 0

@@ -68,7 +68,7 @@ class WebServer:
         self.commands: queue.Queue[str] = queue.Queue(MAX_COMMANDS)
         self.viewers: set[Viewer] = set()  # changed on the server's thread only
         self.latest: Picture | None = None
-        self.url = ""
+        self.url, self.port = "", 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="web page", daemon=True)
         self._wake_pending = False
@@ -81,6 +81,7 @@ class WebServer:
         """Listen (one line when it cannot) and return the URL to open."""
         self._thread.start()
         port = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=60)
+        self.port = port
         self.url = self.address.url(port)
         return self.url
 
