@@ -10,7 +10,8 @@ every round:
 - ``headless``: no screen at all (the reference);
 - ``web, 0 viewers``: ``--web``, nobody watching;
 - ``web, 1 viewer`` and ``web, 4 viewers``: viewers in a process of their own, each
-  reading the page's websocket as the page does (decode every picture, answer ``ack``).
+  reading the page's websocket and answering ``ack`` to every picture, as the page does
+  (they do not decode: a page does that on its own machine).
 
 The player's CPU is measured inside it, over its play loop only (imports, env set-up and
 the games' first resets left out; with viewers, from the moment all are connected): its
@@ -62,10 +63,10 @@ def measured(self, play=pl.PlayLoop.play):
 pl.PlayLoop.play = measured
 sys.exit(remote_main(sys.argv[2:]))
 """
-# argv[2] viewers of the page at argv[1], each as the page: decode every picture, then ack it.
+# argv[2] viewers of the page at argv[1], each acknowledging every picture as the page does once drawn. They do
+# not decode: a page decodes on its viewer's machine, and here it would take this machine's 2 cores from play.
 VIEWERS = """import asyncio, json, sys, time
 import aiohttp
-from atari_trtis_demo.play.web_frames import decode
 async def viewer(session, url):
     for _ in range(1200):
         try:
@@ -76,7 +77,6 @@ async def viewer(session, url):
     times, size = [], 0
     async for message in ws:
         if message.type == aiohttp.WSMsgType.BINARY:
-            decode(message.data)
             times.append(time.perf_counter())
             size += len(message.data)
             await ws.send_str("ack")
@@ -170,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150, help="agent steps per game and run (150: 10 s)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
-    parser.add_argument("--games", default="1,16", help="game counts whose cost is measured")
+    parser.add_argument("--games", default="1,16", help="game counts whose cost is measured ('' for none)")
     parser.add_argument("--hold", default="32,48,64", help="N to try for real time, ascending ('' for none)")
     parser.add_argument("--min-rate", type=float, default=14.7, help="steps/s every game must keep")
     parser.add_argument("--port", type=int, default=19400, help="gRPC port (+1 HTTP, +2 metrics, +10.. the page)")
@@ -181,7 +181,7 @@ def main() -> None:
         make_agent(4).save(str(tmp / "agent"))
         convert(str(tmp / "agent"), repository=str(tmp / "trtismodel"), name="atari", instance_kind="KIND_CPU")
         with serving(tmp / "trtismodel", grpc_port=args.port, http_port=args.port + 1, metrics_port=args.port + 2):
-            for games in map(int, args.games.split(",")):
+            for games in (int(g) for g in args.games.split(",") if g):
                 cost(games, args.steps, args.rounds, args.port, ports, tmp)
             if args.hold:
                 hold([int(n) for n in args.hold.split(",")], args.steps, args.min_rate, args.port, ports, tmp)

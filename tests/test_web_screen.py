@@ -180,24 +180,24 @@ def test_a_viewer_that_stops_reading_never_holds_the_game() -> None:
     """One viewer never reads nor acks; another reads what comes. The game plays unpaced to its end."""
     playing = Playing(fps=0, max_steps=300, sync=True, game_over_seconds=0)
 
-    async def view() -> list[int]:
+    async def view() -> list[dict]:
         async with aiohttp.ClientSession() as session:
             stalled = await connect(session, playing.url)  # noqa: F841  (open, never read)
             reader = await connect(session, playing.url)
-            numbers = []
+            heads = []
             while True:
                 message = await asyncio.wait_for(reader.receive(), 120)
                 if message.type != aiohttp.WSMsgType.BINARY:
-                    return numbers
-                numbers.append(decode(message.data)[0]["number"])
+                    return heads
+                heads.append(decode(message.data)[0])
                 await reader.send_str("ack")
 
-    numbers = asyncio.run(view())
+    heads = asyncio.run(view())
     result = playing.finished()
     assert result.error is None and not result.stopped_by_user
-    assert numbers == sorted(set(numbers)), "each picture once, in order"
-    # One picture a step, then the game-over summary: the reader got the very last.
-    assert numbers[-1] == result.steps + 1
+    numbers = [head["number"] for head in heads]
+    assert len(numbers) > 1 and numbers == sorted(set(numbers)), "each picture once, in order"
+    assert heads[-1]["banner"][0] in ("GAME OVER", "STEP LIMIT REACHED"), "the reader got the very last picture"
 
 
 def test_grayscale_cells_say_what_they_are() -> None:

@@ -28,6 +28,8 @@ from atari_trtis_demo.play.web_server import OTHER_KEY, PAUSE, QUIT, WebServer
 # Overlay lines of the grid that are warnings (shown in red on the page, as the window's warning is).
 WARNINGS = ("SERVER AWAY", "LOCAL FALLBACK")
 PAUSED = ("PAUSED", "P or Space: resume   Esc or Q: quit")
+# With nobody watching the play loop draws this seldom (the window's drawing of N games is not free).
+IDLE_DRAW_SECONDS = 1.0
 
 
 class WebScreen:
@@ -45,11 +47,19 @@ class WebScreen:
         print(f"watch the game at {url}   (P or Space: pause, Esc or Q: end play)", flush=True)
         if address.every_address:
             print(f"  from other machines: {address.url(self.server.port, socket.gethostname())}", flush=True)
-        self.draws = True  # the page is drawn whether or not anyone watches: a viewer may come at any time
+        self.drawn_at = -IDLE_DRAW_SECONDS
         self.paused_seconds = 0.0  # time spent paused, which play does not count as playing
         self.number = 0
         self.last = Picture(0, (np.zeros((210, 160, 3), np.uint8),), overlay=("starting",))
         self.banner: list[str] = []  # the last game-over banner's lines, as shown
+
+    @property
+    def draws(self) -> bool:
+        """Whether the play loop should draw now: always while someone watches (or for --record, --screenshot),
+        else once a second, so that a viewer who comes during a pause sees the game as it is."""
+        if self.server.viewer_count or self.record or self.screenshot:
+            return True
+        return time.monotonic() - self.drawn_at >= IDLE_DRAW_SECONDS
 
     @property
     def url(self) -> str:
@@ -76,9 +86,11 @@ class WebScreen:
         self.publish(last.cells, last.labels, last.overlay, last.warning, banner)
 
     def draw(self, rgb: np.ndarray, overlay: list[str], warning: str | None, step: int) -> None:
+        self.drawn_at = time.monotonic()
         self.publish([rgb], [], overlay, warning, step=step)
 
     def draw_grid(self, screens: list[np.ndarray], labels: list[str], overlay: list[str], step: int) -> None:
+        self.drawn_at = time.monotonic()
         warning = next((line for line in overlay if line.startswith(WARNINGS)), None)
         self.publish(screens, labels, [line for line in overlay if line != warning], warning, step=step)
 

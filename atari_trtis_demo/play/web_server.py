@@ -20,7 +20,6 @@ No Chainer here.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hmac
 import queue
 import threading
@@ -80,7 +79,12 @@ class WebServer:
     def start(self) -> str:
         """Listen (one line when it cannot) and return the URL to open."""
         self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=60)
+        try:
+            port = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(timeout=60)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            raise
         self.port = port
         self.url = self.address.url(port)
         return self.url
@@ -103,8 +107,8 @@ class WebServer:
         closing = asyncio.run_coroutine_threadsafe(self._close(linger), self._loop)
         try:
             closing.result(timeout=linger + 10)
-        except (concurrent.futures.TimeoutError, OSError):
-            pass  # a viewer that will not close does not hold the player's exit
+        except Exception:  # (a viewer that will not close must not hold or fail the player's exit)
+            pass
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
