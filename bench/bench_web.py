@@ -1,6 +1,6 @@
 """What ``--web`` costs the player: CPU on top of play, the frame rate each viewer gets, real-time games held.
 
-    .venv/bin/python bench/bench_web.py [--steps 150] [--rounds 2] [--hold 32,48,64] [--port 19400]
+    .venv/bin/python bench/bench_web.py [--steps 150] [--rounds 3] [--hold 16,24,32] [--port 19400]
 
 Against one tritonserver on 127.0.0.1 started here (a fresh Breakout agent, the
 converter's defaults), ``src/app.py --sync`` plays Breakout at the Atari's pace (15 agent
@@ -19,8 +19,9 @@ own threads, the web server's included. The cost of ``--web`` is the extra CPU p
 step times the agent steps of one real-time second, in % of one core. Each viewer's frame
 rate is the pictures it got over the seconds between its first and its last.
 
-``--hold`` then plays ``--games N`` headless and with ``--web`` and one viewer: a side holds
-N when every game kept ``--min-rate`` steps/s (as ``bench_games.py``).
+``--hold`` then plays ``--games N`` headless and with ``--web`` and one viewer, alternately,
+``--rounds`` times each: a side holds N when, in the median run, every game kept
+``--min-rate`` steps/s (as ``bench_games.py``).
 """
 
 from __future__ import annotations
@@ -150,28 +151,34 @@ def cost(games: int, steps: int, rounds: int, grpc_port: int, ports: Ports, tmp:
         print(line + f"   slowest game {min(r['min_rate'] for r in rs):.2f} steps/s")
 
 
-def hold(ns: list[int], steps: int, min_rate: float, grpc_port: int, ports: Ports, tmp: Path) -> None:
-    print(f"\nreal time held (every game >= {min_rate} steps/s), --sync, {steps} steps:")
-    largest = {}
-    for name, viewers in (("headless", None), ("web, 1 viewer", 1)):
-        largest[name] = 0
-        for n in ns:
-            r = play(grpc_port, n, steps, viewers, ports.take(), tmp)
-            held = r["min_rate"] >= min_rate
-            fps = f"   viewer {r['viewers'][0]['fps']:.1f} pictures/s" if r["viewers"] else ""
-            print(f"  {name:15s} N={n:3d}  {'holds' if held else 'FAILS'}  slowest game {r['min_rate']:.2f}{fps}")
-            if not held:
-                break
-            largest[name] = n
+def hold(ns: list[int], steps: int, rounds: int, min_rate: float, grpc_port: int, ports: Ports, tmp: Path) -> None:
+    """Each N headless and with --web and one viewer, alternately for ``rounds`` rounds; holds by the median."""
+    print(f"\nreal time held (every game >= {min_rate} steps/s; median of {rounds}), --sync, {steps} steps:")
+    largest = {"headless": 0, "web, 1 viewer": 0}
+    for n in ns:
+        rates: dict[str, list[float]] = {name: [] for name in largest}
+        fps: list[float] = []
+        for _ in range(rounds):
+            for name, viewers in (("headless", None), ("web, 1 viewer", 1)):
+                r = play(grpc_port, n, steps, viewers, ports.take(), tmp)
+                rates[name].append(r["min_rate"])
+                fps += [v["fps"] for v in r["viewers"]]
+        line = f"  N={n:3d}"
+        for name, got in rates.items():
+            held = statistics.median(got) >= min_rate
+            if held:
+                largest[name] = max(largest[name], n)
+            line += f"   {name}: {'holds' if held else 'FAILS'} (slowest game {', '.join(f'{g:.2f}' for g in got)})"
+        print(line + f"   viewer {', '.join(f'{f:.1f}' for f in fps)} pictures/s")
     print("  largest N held: " + ", ".join(f"{name} {n}" for name, n in largest.items()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150, help="agent steps per game and run (150: 10 s)")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each side, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating")
     parser.add_argument("--games", default="1,16", help="game counts whose cost is measured ('' for none)")
-    parser.add_argument("--hold", default="32,48,64", help="N to try for real time, ascending ('' for none)")
+    parser.add_argument("--hold", default="16,24,32", help="N to try for real time, ascending ('' for none)")
     parser.add_argument("--min-rate", type=float, default=14.7, help="steps/s every game must keep")
     parser.add_argument("--port", type=int, default=19400, help="gRPC port (+1 HTTP, +2 metrics, +10.. the page)")
     args = parser.parse_args()
@@ -184,7 +191,8 @@ def main() -> None:
             for games in (int(g) for g in args.games.split(",") if g):
                 cost(games, args.steps, args.rounds, args.port, ports, tmp)
             if args.hold:
-                hold([int(n) for n in args.hold.split(",")], args.steps, args.min_rate, args.port, ports, tmp)
+                ns = [int(n) for n in args.hold.split(",")]
+                hold(ns, args.steps, args.rounds, args.min_rate, args.port, ports, tmp)
 
 
 if __name__ == "__main__":
