@@ -98,8 +98,8 @@ def test_one_game_plays_live_in_the_page_and_p_stops_the_picture(server, chromiu
 
 def test_the_grid_of_games_and_the_game_over_summary(server, chromium: str) -> None:
     """--games 4: four cells drawn and moving, labelled; after --max-steps the summary stays until a key."""
-    args = ["--host", "127.0.0.1", "--port", str(server.grpc_port), "--games", "4", "--max-steps", "150"]
-    args += ["--fps", "10", "--fire-on-life-loss", "--web", "127.0.0.1:0", "--game-over-seconds", "300"]
+    args = ["--host", "127.0.0.1", "--port", str(server.grpc_port), "--games", "4", "--max-steps", "160"]
+    args += ["--fps", "8", "--fire-on-life-loss", "--web", "127.0.0.1:0", "--game-over-seconds", "300"]
 
     async def view(browser: Browser, url: str) -> None:
         tab = await browser.open(url)
@@ -116,7 +116,7 @@ def test_the_grid_of_games_and_the_game_over_summary(server, chromium: str) -> N
         assert "4 games" in overlay and "steps/s per game" in overlay and "rtt p50" in overlay, overlay
         assert "each game's screen, 160x210" in await tab.evaluate("document.getElementById('shows').innerText")
 
-        banner = await tab.wait_for(  # 150 steps at 10 a second, or fewer when every game is lost before
+        banner = await tab.wait_for(  # 160 steps at 8 a second (20 s: time to open the page), or fewer
             "document.body.dataset.banner.includes('4 games, mean score') && document.body.dataset.banner",
             timeout=120,
             what="the game-over summary",

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from helpers import REMOTE, Player, free_ports, one_error_line, run_command
+from helpers import REMOTE, STANDALONE, Player, free_ports, one_error_line, run_command
 
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.play.play_cli import play_config, remote_parser
@@ -274,3 +274,11 @@ def test_ctrl_c_ends_a_web_player_with_its_statistics(server) -> None:
             player.proc.kill()
     assert done.returncode == 0, done.stderr
     assert "sync play of 2 games" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_the_standalone_player_serves_the_page_too(agents: dict[str, Path]) -> None:
+    done = run_command(
+        STANDALONE, "--modelpath", str(agents["breakout"]), "--web", "127.0.0.1:0", "--max-steps", "20", "--fps", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "watch the game at http://127.0.0.1:" in done.stdout and "episode 1: score" in done.stdout
