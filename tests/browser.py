@@ -77,6 +77,7 @@ class Browser:
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []  # what came while a command waited for its answer
 
     async def __aenter__(self) -> Browser:
         log = open(os.path.join(self.profile, "chromium.log"), "w")  # noqa: SIM115  (closed with the process)
@@ -120,7 +121,7 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
     async def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
-        """One DevTools command; its result (events that come meanwhile are dropped)."""
+        """One DevTools command; its result (events that come meanwhile are kept in ``events``)."""
         assert self.ws is not None
         number = next(self.ids)
         message: dict[str, Any] = {"id": number, "method": method, "params": params}
@@ -133,6 +134,19 @@ class Browser:
                 if "error" in answer:
                     raise AssertionError(f"{method}: {answer['error']}")
                 return answer.get("result", {})
+            if "method" in answer:
+                self.events.append(answer)
+
+    async def event(self, method: str, session: str, timeout: float = 60) -> dict[str, Any]:
+        """The parameters of the first event ``method`` of ``session`` (kept, or still to come)."""
+        assert self.ws is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if event["method"] == method and event.get("sessionId") == session:
+                        self.events.remove(event)
+                        return event["params"]
+                self.events.append(json.loads(await self.ws.receive_str()))
 
     async def open(self, url: str) -> Tab:
         target = (await self.call("Target.createTarget", url="about:blank"))["targetId"]
@@ -154,6 +168,9 @@ class Tab:
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         return await self.browser.call(method, self.session, **params)
+
+    async def event(self, method: str, timeout: float = 60) -> dict[str, Any]:
+        return await self.browser.event(method, self.session, timeout)
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)

@@ -17,6 +17,10 @@ import pytest
 from browser import Browser, Tab, chromium_or_skip
 from helpers import Player
 
+from atari_trtis_demo.play.web_address import WebAddress
+from atari_trtis_demo.play.web_frames import Picture
+from atari_trtis_demo.play.web_server import WebServer
+
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
@@ -138,3 +142,30 @@ def test_the_grid_of_games_and_the_game_over_summary(server, chromium: str) -> N
             assert "n_episodes: 4" in done.stdout
 
     asyncio.run(run())
+
+
+def test_the_page_asks_once_for_the_key(chromium: str) -> None:
+    """A page opened without the key asks for it (a prompt), keeps it for the tab: a reload does not ask again."""
+    server = WebServer(WebAddress("127.0.0.1", 0, key="s3cret"), "key test")
+    url = server.start()
+    assert url.endswith("/?key=s3cret")
+    server.publish(Picture(1, (np.full((210, 160, 3), 200, np.uint8),), overlay=("score 7",)))
+
+    async def view() -> None:
+        async with Browser(chromium) as browser:
+            tab = await browser.open(url.split("?")[0])
+            dialog = await tab.event("Page.javascriptDialogOpening")
+            assert dialog["type"] == "prompt" and "ATARI_DEMO_KEY" in dialog["message"]
+            await tab.call("Page.handleJavaScriptDialog", accept=True, promptText="s3cret")
+            await tab.wait_for("Number(document.body.dataset.pictures) >= 1", what="the picture")
+            assert "score 7" in await tab.evaluate("document.getElementById('overlay').innerText")
+            await tab.evaluate("window.before_reload = true")
+            await tab.call("Page.reload")
+            # A second prompt would block the page's script, and with it this wait: hence the outer deadline.
+            reloaded = tab.wait_for("!window.before_reload && Number(document.body.dataset.pictures) >= 1")
+            await asyncio.wait_for(reloaded, 60)
+
+    try:
+        asyncio.run(view())
+    finally:
+        server.stop()
