@@ -19,7 +19,7 @@ pip() { .venv/bin/python -m pip install --disable-pip-version-check -q -c constr
 if [ "${1:-}" = "--client" ]; then
   pip -r requirements_client.txt
   pip --no-deps -e .
-  .venv/bin/python -c 'import atari_trtis_demo.core.envs, grpc, pygame' && echo "client environment ready in .venv/"
+  .venv/bin/python -c 'import atari_trtis_demo.core.envs, grpc, pygame, aiohttp' && echo "client environment ready in .venv/"
   exit 0
 fi
 
@@ -35,5 +35,7 @@ pip --no-build-isolation --no-deps -e .
 # match protos/, lives in its own venv: in .venv it would break `import chainer`.
 [ -x .venv-protoc/bin/python ] || "$PYTHON" -m venv .venv-protoc
 .venv-protoc/bin/python -m pip install --disable-pip-version-check -q -r requirements_protoc.txt
+# Debian's chromium for the tests of the --web page (root or passwordless sudo; else those tests skip, saying why).
+scripts/install_browser.sh || echo "note: the browser tests of the --web page will be skipped (see the line above)"
 .venv/bin/python -c 'import atari_trtis_demo.train.agent, onnx_chainer, ale_py, onnxruntime, pygame, tritonclient.grpc' \
   && echo "environment ready in .venv/"

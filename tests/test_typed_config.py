@@ -79,6 +79,7 @@ def test_every_flag_reaches_the_config(tmp_path: Path) -> None:
         "request_timeout": ("--timeout", 1.5),
         "game_over_seconds": ("--game-over-seconds", 0.0),
         "json": ("--json", str(tmp_path / "stats.json")),
+        "web": ("--web", "127.0.0.1:0"),
     }
     assert set(given) == {f.name for f in flag_fields(PlayConfig)}, "a new PlayConfig flag needs a line here"
     argv = []

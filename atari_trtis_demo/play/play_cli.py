@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from atari_trtis_demo.core.cli_args import ArgumentParser, int_in, port
 from atari_trtis_demo.core.contract import DEFAULT_MODEL_NAME
 from atari_trtis_demo.core.envs import check_env_id
+from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.typed_flags import add_flags, flag, from_args
 from atari_trtis_demo.play.play_result import PlayConfig
 
@@ -72,6 +73,14 @@ def play_config(args: argparse.Namespace) -> PlayConfig:
     if args.env_id:
         check_env_id(args.env_id)  # a typo is refused before connecting or loading a model
     check_record_path(args.record)
+    if args.web is not None:  # the address and its key, checked before any play
+        from atari_trtis_demo.play.web_address import parse_web_address
+
+        parse_web_address(args.web)
+    if args.episodes is None:  # --web without --episodes or --max-steps plays on until stopped
+        from atari_trtis_demo.play.web_address import PLAY_ON_EPISODES
+
+        args.episodes = PLAY_ON_EPISODES if args.web is not None and args.max_steps is None else 1
     return from_args(PlayConfig, args)  # env_id: None until the command knows the model's own game
 
 
@@ -129,6 +138,8 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     config = play_config(args)  # env_id: set below, once the model's own game is known
     server = from_args(RemoteOptions, args)
+    if config.web is not None and server.workers > 1:
+        raise UserError("--web shows the games of one process: drop --workers (or --web)")
     if server.workers > 1:
         from atari_trtis_demo.play.play_workers import check_worker_flags
 

@@ -63,7 +63,7 @@ class PlayLoop:
         title = f"{config.env_id}: {what}{policy.name}, {self.mode} inference"
         self.screen = make_screen(
             title, n, scale=config.rendering_scale, headless=config.headless, record=config.record,
-            screenshot=config.screenshot,
+            screenshot=config.screenshot, web=config.web,
         )  # fmt: skip
         self.banks: list[Bank] = []
         self.round_trips = LatencyStats()  # every wave's, recorded as the loop takes its answer

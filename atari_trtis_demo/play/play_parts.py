@@ -19,6 +19,7 @@ from atari_trtis_demo.play.inference_client import InferenceError, RequestTimeou
 from atari_trtis_demo.play.play_result import CUT_SHORT, STEP_LIMIT, TERMINATED, TRUNCATED, EpisodeStats, OutageStats
 from atari_trtis_demo.play.play_stats import LatencyStats, staleness_summary
 from atari_trtis_demo.play.policies import Policy
+from atari_trtis_demo.play.web_address import PLAY_ON_EPISODES
 
 # The server is away, not the request wrong: these are ridden out (ServerGoingAway is a ServerUnavailable).
 OUTAGE_ERRORS = (ServerUnavailable, RequestTimeout)
@@ -256,7 +257,8 @@ class Overlay:
         steps = sum(e.steps for g in games for e in g.episodes) + sum(g.steps for g in games if not g.done)
         if len(games) == 1:
             g = games[0]
-            episode = f"{min(len(g.episodes) + 1, g.episodes_to_play)}/{g.episodes_to_play}"
+            episode = f"{min(len(g.episodes) + 1, g.episodes_to_play)}"
+            episode += f"/{g.episodes_to_play}" if g.episodes_to_play < PLAY_ON_EPISODES else ""  # else: until stopped
             return overlay_lines(policy, mode, g.score, episode, steps / elapsed)
         now = time.monotonic()
         if not self.lines or now - self.at >= OVERLAY_SECONDS:

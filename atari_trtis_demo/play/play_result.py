@@ -44,7 +44,13 @@ class PlayConfig:
         unset=None,
         help=f"the game (default: the model's own, else {DEFAULT_ENV_ID} if it records none)",
     )
-    episodes: int = flag(1, type=int_in(1), help="whole games to play (all lives)")
+    # Parsed as None when not given: play_cli resolves it (1; with --web and no --max-steps, play on).
+    episodes: int = flag(
+        1,
+        type=int_in(1),
+        unset=None,
+        help="whole games to play (all lives); with --web and no --max-steps, until stopped (default: 1)",
+    )
     # None: the evaluation cap, EVALUATION_EPISODE_CAP (episode_cap)
     max_steps: int | None = flag(
         None,
@@ -107,6 +113,14 @@ class PlayConfig:
         f"{GAME_OVER_SECONDS:g} in a window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
     )
     json: str | None = flag(None, type=output_file, help="write the statistics to FILE.json")
+    # None: the pygame window (or none, --headless). Checked with its key by web_address.parse_web_address.
+    web: str | None = flag(
+        None,
+        metavar="[HOST:]PORT",
+        help="no window: show the game (the grid of --games N) as a page at http://HOST:PORT/ (HOST: 127.0.0.1 "
+        "unless given; another needs ATARI_DEMO_KEY; PORT 0: a free one), and play on until stopped unless "
+        "--episodes or --max-steps",
+    )
     # Not a flag: the index of the first game played in this process (a worker's share: play_workers).
     first_game: int = 0
 
