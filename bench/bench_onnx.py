@@ -16,9 +16,9 @@ import time
 
 import onnxruntime as ort
 
-from atari_trtis_demo.convert.onnx_export import export_onnx, load_q_function, observation_samples
-from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
-from atari_trtis_demo.train.agent import batch_q_values, make_agent
+from atari_trtis_demo.convert.onnx_export import export_onnx, observation_samples
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID
+from atari_trtis_demo.train.agent import batch_q_values, load_q_function, make_agent
 
 
 def main() -> None:

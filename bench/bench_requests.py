@@ -34,9 +34,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from atari_trtis_demo.client.channel import CHANNEL_OPTIONS
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.convert.onnx_export import convert
-from atari_trtis_demo.play.inference_client import CHANNEL_OPTIONS, InferenceClient
-from atari_trtis_demo.serving.serve import TritonServer, serving
+from atari_trtis_demo.serving.serve import serving
+from atari_trtis_demo.serving.triton_process import TritonServer
 from atari_trtis_demo.train.agent import make_agent
 
 try:  # the stream needs ModelStreamInfer, which only tritonclient's generated stubs carry here

@@ -26,8 +26,8 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as triton
 
-from atari_trtis_demo.core.model_repository import render_config
-from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.client.inference_client import InferenceClient
+from atari_trtis_demo.core.model_config import render_config
 from atari_trtis_demo.serving.serve import serving
 
 

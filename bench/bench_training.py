@@ -25,7 +25,8 @@ import numpy as np
 from chainerrl import agents, misc
 from chainerrl.experiments import train_agent_with_evaluation
 
-from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, OldGymAPI, make_env
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID
+from atari_trtis_demo.core.envs import OldGymAPI, make_env
 from atari_trtis_demo.train.agent import make_agent
 from atari_trtis_demo.train.training import train_with_evaluation
 

@@ -49,11 +49,13 @@ from typing import Any
 
 import numpy as np
 
+from atari_trtis_demo.client.errors import ModelNotReady, ServerUnavailable
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.core.model_repository import read_repository
-from atari_trtis_demo.play.inference_client import InferenceClient, ModelNotReady, ServerUnavailable
 from atari_trtis_demo.serving import triton_twin
-from atari_trtis_demo.serving.serve import TritonServer, serving
+from atari_trtis_demo.serving.serve import serving
+from atari_trtis_demo.serving.triton_process import TritonServer
 from atari_trtis_demo.serving.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
 from atari_trtis_demo.train.agent import make_agent
 

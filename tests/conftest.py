@@ -71,7 +71,7 @@ def repository(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     'atari' records no game (converted without env_id), 'pong' records PongNoFrameskip-v4.
     """
     from atari_trtis_demo.convert.onnx_export import convert
-    from atari_trtis_demo.core.model_repository import render_config
+    from atari_trtis_demo.core.model_config import render_config
 
     repo = tmp_path_factory.mktemp("serving") / "trtismodel"
     convert(str(agents["breakout"]), repository=str(repo), name="atari", max_batch_size=8)

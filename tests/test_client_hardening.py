@@ -23,26 +23,23 @@ import numpy as np
 import pytest
 from helpers import REMOTE, FakeAtariModel, free_ports, one_error_line, run_command, serving_on_free_ports
 
-from atari_trtis_demo.core.cli_args import run_cli
-from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
-    add_GRPCInferenceServiceServicer_to_server,
-)
-from atari_trtis_demo.play.inference_client import (
-    KEY_ENV,
-    KEY_HEADER,
+from atari_trtis_demo.client.channel import player_key, read_root_certificate
+from atari_trtis_demo.client.errors import (
     BadResponse,
-    InferenceClient,
     InferenceError,
     KeyRefused,
     RequestTimeout,
     ServerError,
     ServerUnavailable,
     TlsMismatch,
-    player_key,
-    read_root_certificate,
 )
+from atari_trtis_demo.client.inference_client import InferenceClient
+from atari_trtis_demo.core.cli_args import run_cli
+from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
+from atari_trtis_demo.core.keys import PLAYER_HEADER as KEY_HEADER
+from atari_trtis_demo.core.keys import PLAYER_KEY_ENV as KEY_ENV
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
 N_ACTIONS = 4
 GOOD_Q = np.array([0.1, 0.4, 0.3, 0.2], np.float32)

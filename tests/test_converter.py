@@ -16,10 +16,10 @@ from helpers import CONVERTER, ROOT, one_error_line, run_command, stock_chainerr
 from tritonclient.grpc import model_config_pb2
 
 from atari_trtis_demo.convert import onnx_export
-from atari_trtis_demo.convert.onnx_export import convert, load_q_function, observation_samples
+from atari_trtis_demo.convert.onnx_export import convert, observation_samples
 from atari_trtis_demo.core.envs import OldGymAPI, make_env
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.train.agent import batch_q_values, make_agent
+from atari_trtis_demo.train.agent import batch_q_values, load_q_function, make_agent
 
 
 def train_tiny_agent(env_id: str, path: Path, steps: int = 80) -> Path:
@@ -240,7 +240,8 @@ def test_bad_model_name_is_one_line_and_writes_nothing(name: str, breakout_agent
 
 
 def test_library_refuses_bad_model_names_before_writing(tmp_path: Path) -> None:
-    from atari_trtis_demo.core.model_repository import render_config, write_model_version
+    from atari_trtis_demo.core.model_config import render_config
+    from atari_trtis_demo.core.model_repository import write_model_version
 
     for name in ("../escape", 'at"ari', "..", ".", "a/b", ""):
         with pytest.raises(UserError, match="--name"):
@@ -319,7 +320,7 @@ def test_atomic_file_write_keeps_the_old_file_when_writing_fails(tmp_path: Path)
 
 def test_config_options_for_a_python_model_and_for_no_batching() -> None:
     """What tests and benchmarks need besides the converter's config: a python model, no dynamic batching."""
-    from atari_trtis_demo.core.model_repository import render_config
+    from atari_trtis_demo.core.model_config import render_config
 
     def parse(text: str) -> model_config_pb2.ModelConfig:
         return text_format.Parse(text, model_config_pb2.ModelConfig())

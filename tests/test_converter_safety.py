@@ -10,12 +10,8 @@ from helpers import CONVERTER, SERVE, free_ports, one_error_line, run_command, t
 
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.core.model_repository import (
-    CONFIG_DIGEST_PREFIX,
-    existing_versions,
-    read_repository,
-    render_config,
-)
+from atari_trtis_demo.core.model_config import CONFIG_DIGEST_PREFIX, render_config
+from atari_trtis_demo.core.model_repository import existing_versions, read_repository
 
 # Each is a digit to str.isdigit(): fullwidth one, Arabic-indic three, superscript two
 # (int() reads the first two as 1 and 3, and refuses the last).

@@ -1,6 +1,6 @@
 """The dependency rule, checked by subpackage rather than written in docstrings.
 
-- The package is its stages: ``core``, ``train``, ``convert``, ``serving``, ``play`` (and the
+- The package is its stages: ``core``, ``train``, ``convert``, ``serving``, ``client``, ``play`` (and the
   generated ``kserve`` stubs); above them only the command entries (``console``, ``serve``, ``plots``).
 - Imports only run downward: entries -> stages -> ``core`` -> ``kserve``. ``core``, ``serving`` and
   ``play`` never import ``train`` or ``convert``; ``convert`` may import ``train`` (it loads the
@@ -40,7 +40,8 @@ MAY_IMPORT = {
     "train": {"core"},
     "convert": {"core", "kserve", "train"},
     "serving": {"core", "kserve"},
-    "play": {"core", "kserve"},
+    "client": {"core", "kserve"},
+    "play": {"core", "kserve", "client"},
 }
 # The one import against the layers, and only inside a function: the standalone player
 # (``--modelpath``) runs the Chainer agent itself, and importing it lazily keeps Chainer out of
@@ -51,7 +52,7 @@ GYM_SIDE = {"core.envs", "core.atari_wrappers"}
 WITHOUT_GYM_OUTSIDE_SERVING = {
     "core.contract", "core.errors", "core.atomic", "core.game_id", "core.cli_args", "core.model_repository",
     "core.model_config", "core.typed_flags", "core.keys",
-    "play.inference_client", "play.play_stats",
+    "client.inference_client", "client.server_list", "client.server_watch", "play.play_stats",
 }  # fmt: skip
 # Blocked when serving and the client are imported: the training stack and the games.
 NOT_FOR_SERVING = ("chainer", "chainerrl", "onnx_chainer", "gym", "cv2", "gymnasium", "ale_py", "pygame")
@@ -145,7 +146,7 @@ def own_imports(graph: dict[str, list[Import]], name: str, lazy: bool = True) ->
 def test_the_parser_sees_the_imports_it_must_judge(graph: dict[str, list[Import]]) -> None:
     """Guards the checks below: a parser that saw nothing would let every rule pass."""
     assert {"core.contract", "serving.serve", "play.policies", "train.agent", "kserve.kserve_v2_pb2"} <= set(graph)
-    assert any(i.target == "core.contract" and not i.lazy for i in graph["play.client_answers"])
+    assert any(i.target == "core.contract" and not i.lazy for i in graph["client.answers"])
     assert any(i.target == "core.atomic" for i in graph["core.model_repository"]), "from package import module"
     assert any(i.target == "convert.onnx_export" and i.lazy for i in graph["convert.convert_cli"]), "lazy imports"
     assert any(i.target == "chainer" and not i.lazy for i in graph["train.agent"])
@@ -190,21 +191,51 @@ def test_contract_game_id_and_keys_need_only_the_standard_library() -> None:
     assert result.stdout.strip() == "(4, 84, 84) BreakoutNoFrameskip-v4 k"
 
 
-def test_every_stage_takes_the_contract_from_one_place() -> None:
-    """The old homes of the contract's names re-export the very same values."""
-    from atari_trtis_demo.core import atari_wrappers, contract, envs, game_id, model_repository
+def defined_names(path: Path) -> set[str]:
+    """What a module defines at its top level: functions, classes, assigned names (its imports are not its own)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(n.id for target in node.targets for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
 
-    assert (atari_wrappers.FRAME_SIZE, atari_wrappers.STACK_SIZE) == (contract.FRAME_SIZE, contract.STACK_SIZE)
-    assert (envs.FRAME_SIZE, envs.STACK_SIZE, envs.DEFAULT_ENV_ID) == (84, 4, contract.DEFAULT_ENV_ID)
-    assert (model_repository.INPUT_NAME, model_repository.OUTPUT_NAME) == ("input", "action")
-    assert (game_id.ENV_ID_KEY, game_id.AGENT_STATE_FILE) == ("env_id", "agent_state.json")
-    assert contract.FRAME_STACK_SHAPE == (contract.STACK_SIZE, contract.FRAME_SIZE, contract.FRAME_SIZE)
+
+def test_every_name_is_imported_from_the_module_that_defines_it() -> None:
+    """One import path per name: no module hands on what it imported, and nothing imports through one that
+    does (the package, the tests, the benchmarks and the scripts). A submodule counts as defined by its package."""
+    wrong = []
+    for path in sorted(p for d in (PACKAGE, "tests", "bench", "scripts") for p in (ROOT / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith(PACKAGE):
+                continue
+            target = ROOT / (node.module.replace(".", "/") + ".py")
+            package = ROOT / node.module.replace(".", "/")
+            for alias in node.names:
+                if (package / f"{alias.name}.py").exists() or (package / alias.name).is_dir():
+                    continue
+                if not target.exists() or alias.name not in defined_names(target):
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {alias.name} from {node.module}")
+    assert not wrong, "names imported from a module that does not define them:\n" + "\n".join(wrong)
+
+
+def test_the_key_names_and_check_live_in_core_keys_alone() -> None:
+    """One key validator and one set of names for serve, player and page (issue 25): nothing else spells them."""
+    spelled = []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        text = path.read_text()
+        if path.name != "keys.py" and ('"ATARI_DEMO_KEY"' in text or '"atari-demo-key"' in text):
+            spelled.append(str(path.relative_to(ROOT)))
+    assert not spelled, spelled
 
 
 def test_the_inference_client_imports_without_chainer_cv2_or_gymnasium() -> None:
     result = run_python_without(
         "import sys\n"
-        "from atari_trtis_demo.play.inference_client import InferenceClient\n"
+        "from atari_trtis_demo.client.inference_client import InferenceClient\n"
         "from atari_trtis_demo.core.game_id import remote_game\n"
         "print(sorted(n for n in sys.modules if n.split('.')[0] in ('numpy', 'grpc')) != [])\n",
         modules=NOT_FOR_SERVING,
@@ -273,15 +304,3 @@ def test_the_triton_twin_needs_nothing_of_this_package(graph: dict[str, list[Imp
 def test_the_contract_imports_nothing_but_the_standard_library(graph: dict[str, list[Import]]) -> None:
     imported = {i.target.split(".")[0] for i in graph["core.contract"]}
     assert imported <= set(sys.stdlib_module_names), imported
-
-
-def test_serve_and_the_player_take_the_key_names_and_check_from_core_keys() -> None:
-    """One key validator and one set of names (issue 25): serve's and the player's are the very same objects."""
-    from atari_trtis_demo.core import keys
-    from atari_trtis_demo.play import client_channel
-    from atari_trtis_demo.serving import serve_security
-
-    assert serve_security.check_key is keys.check_key is client_channel.check_key
-    assert (client_channel.KEY_ENV, client_channel.KEY_HEADER) == (keys.PLAYER_KEY_ENV, keys.PLAYER_HEADER)
-    assert client_channel.TRITON_KEY_HEADER == keys.PLAYER_GRPC_HEADER == "triton-grpc-protocol-atari-demo-key"
-    assert (serve_security.ADMIN_HEADER, serve_security.ADMIN_KEY_ENV) == (keys.ADMIN_HEADER, keys.ADMIN_KEY_ENV)

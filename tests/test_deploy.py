@@ -20,8 +20,9 @@ import pytest
 import yaml
 from helpers import ROOT
 
+from atari_trtis_demo.core.keys import PLAYER_KEY_ENV
 from atari_trtis_demo.serving.serve import build_parser, policy_flags
-from atari_trtis_demo.serving.serve_security import PLAYER_KEY_ENV, Access
+from atari_trtis_demo.serving.serve_security import Access
 from atari_trtis_demo.serving.triton_stats import COUNTERS
 
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 from helpers import assert_runs_without_chainer
 
-from atari_trtis_demo.core.envs import (
-    LazyFrames,
-    OldGymAPI,
-    RandomizeAction,
-    find_wrapper,
-    make_atari_emulator,
-    make_env,
-    scale_observation,
-)
+from atari_trtis_demo.core.atari_wrappers import LazyFrames, RandomizeAction
+from atari_trtis_demo.core.envs import OldGymAPI, find_wrapper, make_atari_emulator, make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
 
 

@@ -27,9 +27,10 @@ import pytest
 import tritonclient.grpc as triton
 from helpers import ROOT, serving_on_free_ports
 
+from atari_trtis_demo.client.errors import InferenceError
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
 from atari_trtis_demo.serving.triton_twin import TWIN_BATCH_FACTOR
 
 FLOOD_SECONDS = 10.0

@@ -19,11 +19,11 @@ from helpers import (
     stock_chainerrl_dqn,
 )
 
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.core.envs import check_env_id
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.model_repository import read_repository
-from atari_trtis_demo.play.inference_client import InferenceClient
 from atari_trtis_demo.train.agent import make_agent
 
 PONG, BREAKOUT = "PongNoFrameskip-v4", "BreakoutNoFrameskip-v4"

@@ -12,8 +12,8 @@ import pygame
 import pytest
 from helpers import REMOTE, Player, free_ports, one_error_line, run_command, wait_for_answers
 
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
-from atari_trtis_demo.play.inference_client import InferenceClient
 from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.play_result import PlayConfig, evaluation_summary
 from atari_trtis_demo.play.policies import RemotePolicy

@@ -33,12 +33,12 @@ from helpers import (
     start_serve,
 )
 
+from atari_trtis_demo.client.channel import grpc_target, loopback_host, player_key
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import MAX_KEY_LENGTH, check_key
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from atari_trtis_demo.play.client_channel import grpc_target, loopback_host, player_key
-from atari_trtis_demo.play.inference_client import InferenceClient
 from atari_trtis_demo.serving.serve_security import Access, check_repository_files
 from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics
 from atari_trtis_demo.serving.triton_workdir import (

@@ -140,7 +140,8 @@ def ball_visible(rgb) -> bool:
 
 
 def test_fire_on_life_loss_serves_after_every_lost_life():
-    from atari_trtis_demo.core.envs import FireOnLifeLoss, find_wrapper, make_env
+    from atari_trtis_demo.core.atari_wrappers import FireOnLifeLoss
+    from atari_trtis_demo.core.envs import find_wrapper, make_env
 
     env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=True)
     env.reset(seed=0)
@@ -166,7 +167,8 @@ def test_fire_on_life_loss_serves_after_every_lost_life():
 
 
 def test_without_the_option_a_game_that_never_fires_stands_still():
-    from atari_trtis_demo.core.envs import FireOnLifeLoss, find_wrapper, make_env
+    from atari_trtis_demo.core.atari_wrappers import FireOnLifeLoss
+    from atari_trtis_demo.core.envs import find_wrapper, make_env
 
     env = make_env("BreakoutNoFrameskip-v4", train=False, epsilon=0.0, seed=0, fire_on_life_loss=False)
     env.reset(seed=0)
@@ -177,7 +179,8 @@ def test_without_the_option_a_game_that_never_fires_stands_still():
 
 
 def test_training_never_fires_for_the_agent():
-    from atari_trtis_demo.core.envs import FireOnLifeLoss, find_wrapper, make_env
+    from atari_trtis_demo.core.atari_wrappers import FireOnLifeLoss
+    from atari_trtis_demo.core.envs import find_wrapper, make_env
 
     env = make_env("BreakoutNoFrameskip-v4", train=True, fire_on_life_loss=True)
     assert find_wrapper(env, FireOnLifeLoss) is None
@@ -304,7 +307,7 @@ def test_demo_port_taken_stops_before_training_naming_demo_port(tmp_path):
 
 
 def test_demo_passes_with_port_18000_taken_and_ends_with_the_commands_to_watch(tmp_path):
-    from atari_trtis_demo.core.envs import DEFAULT_ENV_ID
+    from atari_trtis_demo.core.contract import DEFAULT_ENV_ID
 
     with port_taken(18000):
         result = run_demo(tmp_path, timeout=900, DEMO_STEPS="200", DEMO_PLAY_STEPS="60")

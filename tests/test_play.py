@@ -26,8 +26,8 @@ from helpers import (
     wait_for_answers,
 )
 
+from atari_trtis_demo.client.errors import ServerUnavailable
 from atari_trtis_demo.convert.onnx_export import convert
-from atari_trtis_demo.play.inference_client import ServerUnavailable
 from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
@@ -87,7 +87,7 @@ def test_remote_app_plays_against_triton(server, game: str, mode: str, tmp_path:
 
 def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(server) -> None:
     """At 15 agent steps/s a loopback round trip fits inside one step: staleness p50 at most 1."""
-    from atari_trtis_demo.play.inference_client import InferenceClient
+    from atari_trtis_demo.client.inference_client import InferenceClient
 
     with InferenceClient("127.0.0.1", server.grpc_port, "atari") as client:
         started = time.perf_counter()
@@ -101,7 +101,7 @@ def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(serv
 
 
 def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
-    from atari_trtis_demo.play.inference_client import InferenceClient
+    from atari_trtis_demo.client.inference_client import InferenceClient
 
     rates = {}
     for sync in (True, False):

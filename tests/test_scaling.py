@@ -25,20 +25,15 @@ import numpy as np
 import pytest
 from helpers import REMOTE, SERVE, FakeAtariModel, Player, free_ports, one_error_line, run_command, start_command
 
+from atari_trtis_demo.client.errors import KeyRefused, ServersDisagree, ServerUnavailable, TlsMismatch
+from atari_trtis_demo.client.inference_client import InferenceClient
+from atari_trtis_demo.client.server_list import parse_servers
 from atari_trtis_demo.core.contract import ENV_ID_KEY
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import PLAYER_HEADER as KEY_HEADER
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from atari_trtis_demo.play.inference_client import (
-    KEY_HEADER,
-    InferenceClient,
-    KeyRefused,
-    ServersDisagree,
-    ServerUnavailable,
-    TlsMismatch,
-)
-from atari_trtis_demo.play.server_list import parse_servers
-from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics
+from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics, wait_for_metrics
 
 FRAMES = np.zeros((4, 84, 84), np.float32)
 
@@ -322,6 +317,8 @@ class ServeProcess:
             assert self.proc.poll() is None, f"serve ended before it was ready: {self.lines}"
             assert time.monotonic() < deadline, f"serve not ready within {timeout} s: {self.lines}"
             time.sleep(0.1)
+        # Triton opens its metrics endpoint a moment after the ports serve waits for.
+        wait_for_metrics(metrics_url("127.0.0.1", self.metrics_port))
 
     def answered(self) -> float:
         """Inference requests this server's Triton answered (its metrics endpoint)."""

@@ -38,12 +38,11 @@ from helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
+from atari_trtis_demo.core.keys import ADMIN_HEADER, PLAYER_HEADER
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.serving.serve import serving, start_server
 from atari_trtis_demo.serving.serve_security import (
-    ADMIN_HEADER,
-    PLAYER_HEADER,
     Access,
     grpc_metadata,
     http_address,

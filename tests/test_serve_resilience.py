@@ -32,7 +32,7 @@ from helpers import (
     tritonserver_pid,
 )
 
-from atari_trtis_demo.play.inference_client import InferenceClient
+from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.serving.triton_workdir import LogPump
 
 LOG_WARNING = "warning: cannot write Triton's log"

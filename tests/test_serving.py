@@ -28,20 +28,20 @@ from helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
-from atari_trtis_demo.core.errors import ServiceError, UserError
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.play.inference_client import (
-    InferenceClient,
+from atari_trtis_demo.client.errors import (
     InvalidRequest,
     ModelNotReady,
     RequestTimeout,
     ServerGoingAway,
     ServerUnavailable,
 )
-from atari_trtis_demo.serving.serve import processes_using, read_repository
+from atari_trtis_demo.client.inference_client import InferenceClient
+from atari_trtis_demo.core.errors import ServiceError, UserError
+from atari_trtis_demo.core.model_repository import read_repository
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.serving.triton_twin import TWIN_BATCH_FACTOR
-from atari_trtis_demo.serving.triton_workdir import SHM_DIR, make_workdir, shm_regions_of
+from atari_trtis_demo.serving.triton_workdir import SHM_DIR, make_workdir, processes_using, shm_regions_of
 
 
 def local_q_values(repository: Path, name: str, frames: np.ndarray) -> np.ndarray:
@@ -362,7 +362,7 @@ def test_bad_repository_fails_at_once_naming_the_file(
 
 def test_client_module_does_not_import_chainer() -> None:
     result = assert_runs_without_chainer(
-        "import atari_trtis_demo.play.inference_client, atari_trtis_demo.serving.serve\nprint('ok')", timeout=60
+        "import atari_trtis_demo.client.inference_client, atari_trtis_demo.serving.serve\nprint('ok')", timeout=60
     )
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -409,7 +409,7 @@ def test_serve_checks_the_repository_before_the_ports(server, tmp_path: Path) ->
 
 def test_readiness_is_that_of_the_server_started_not_of_whoever_answers_on_the_port(server, tmp_path: Path) -> None:
     """A process that never serves, on a port where another Triton answers ready: never reported ready."""
-    from atari_trtis_demo.serving.serve import TritonServer, wait_until_ready
+    from atari_trtis_demo.serving.triton_process import TritonServer, wait_until_ready
 
     (tmp_path / "tritonserver.log").write_text("")
     impostor = subprocess.Popen(["sleep", "30"])

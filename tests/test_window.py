@@ -17,11 +17,11 @@ import numpy as np
 import pygame
 import pytest
 
-from atari_trtis_demo.play.inference_client import ServerUnavailable
+from atari_trtis_demo.client.errors import ServerUnavailable
+from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.play_parts import overlay_lines
 from atari_trtis_demo.play.play_result import PlayConfig
-from atari_trtis_demo.play.play_stats import LatencyStats
 from atari_trtis_demo.play.policies import FallbackPolicy, Policy
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertOptions
 from atari_trtis_demo.core.cli_args import CONVERT_MODULES, ArgumentParser, needs_server_install
+from atari_trtis_demo.core.contract import AGENT_STATE_FILE
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, describe_choice
+from atari_trtis_demo.core.game_id import describe_choice
 from atari_trtis_demo.core.typed_flags import add_flags, from_args
 
 

@@ -24,10 +24,10 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402
 
 from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertOptions
-from atari_trtis_demo.core.contract import INPUT_NAME, OUTPUT_NAME
-from atari_trtis_demo.core.envs import FRAME_SIZE, STACK_SIZE, make_env, scale_observation
+from atari_trtis_demo.core.contract import AGENT_STATE_FILE, ENV_ID_KEY, FRAME_SIZE, INPUT_NAME, OUTPUT_NAME, STACK_SIZE
+from atari_trtis_demo.core.envs import make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, ENV_ID_KEY, recorded_env_id, resolve_env_id
+from atari_trtis_demo.core.game_id import recorded_env_id, resolve_env_id
 from atari_trtis_demo.core.model_config import check_config_replaceable, check_model_name, render_config
 from atari_trtis_demo.core.model_repository import (
     CONFIG_FILENAME,

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from atari_trtis_demo.core.contract import FRAME_SIZE, STACK_SIZE  # re-exported: the model's contract
+from atari_trtis_demo.core.contract import FRAME_SIZE, STACK_SIZE
 from atari_trtis_demo.core.errors import UserError
 
 NOOP_MAX = 30

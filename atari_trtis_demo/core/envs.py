@@ -26,43 +26,19 @@ import numpy as np
 from atari_trtis_demo.core.atari_wrappers import (
     ACTION_REPEAT,
     EVAL_EPSILON,
-    FRAME_SIZE,
     NOOP_MAX,
-    STACK_SIZE,
     ClipReward,
     EpisodicLife,
     FireOnLifeLoss,
     FrameStack,
     GameScore,
-    LazyFrames,
     MaxAndSkip,
     NoopReset,
     RandomizeAction,
     WarpFrame,
 )
-from atari_trtis_demo.core.contract import DEFAULT_ENV_ID  # re-exported: the model's contract
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, STACK_SIZE
 from atari_trtis_demo.core.errors import UserError
-
-# What users of the envs import from here; the wrappers and their constants live in atari_wrappers.
-__all__ = [
-    "DEFAULT_ENV_ID",
-    "EVAL_EPSILON",
-    "FireOnLifeLoss",
-    "FRAME_SIZE",
-    "MAX_FRAMES_PER_EPISODE",
-    "STACK_SIZE",
-    "GameScore",
-    "LazyFrames",
-    "OldGymAPI",
-    "RandomizeAction",
-    "atari_env_ids",
-    "check_env_id",
-    "find_wrapper",
-    "make_atari_emulator",
-    "make_env",
-    "quiet_banners",
-    "scale_observation",
-]
 
 # ALE's own cap for the v4/v5 ids: 108,000 frames = 30 minutes of play at 60 Hz.
 MAX_FRAMES_PER_EPISODE = 108_000

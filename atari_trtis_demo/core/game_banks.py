@@ -29,9 +29,16 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from atari_trtis_demo.core.atari_wrappers import ACTION_REPEAT, NOOP_MAX, FireRule, epsilon_action, warp_frames
+from atari_trtis_demo.core.atari_wrappers import (
+    ACTION_REPEAT,
+    NOOP_MAX,
+    FireRule,
+    GameScore,
+    epsilon_action,
+    warp_frames,
+)
 from atari_trtis_demo.core.contract import FRAME_STACK_SHAPE
-from atari_trtis_demo.core.envs import MAX_FRAMES_PER_EPISODE, GameScore, check_env_id, find_wrapper, make_env
+from atari_trtis_demo.core.envs import MAX_FRAMES_PER_EPISODE, check_env_id, find_wrapper, make_env
 
 # Games per vector bank: each bank is one wave of requests and one C++ thread, so that one bank
 # steps while another's wave is on the server; a bank is also the unit of start-up progress.

@@ -11,20 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-# The file name, the key and the default game are part of the model's contract (shared by every stage);
-# taking them from contract rather than envs keeps cv2 and gymnasium out of the players' and the server's imports.
 from atari_trtis_demo.core.contract import AGENT_STATE_FILE, DEFAULT_ENV_ID, ENV_ID_KEY
 from atari_trtis_demo.core.errors import UserError
-
-__all__ = [
-    "AGENT_STATE_FILE",
-    "ENV_ID_KEY",
-    "choose_game",
-    "describe_choice",
-    "recorded_env_id",
-    "remote_game",
-    "resolve_env_id",
-]
 
 
 def recorded_env_id(agent_dir: str) -> str | None:

@@ -17,33 +17,15 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from atari_trtis_demo.core import atomic
-from atari_trtis_demo.core.contract import FRAME_SIZE, INPUT_NAME, OUTPUT_NAME, STACK_SIZE
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.model_config import (
-    CONFIG_DIGEST_PREFIX,
-    CONFIG_HEADER,
     DEFAULT_FILENAMES,
-    INSTANCE_COUNT_LIMIT,
-    INSTANCE_KINDS,
-    MAX_BATCH_SIZE_LIMIT,
     MODEL_FILENAME,
     check_config_replaceable,
     check_model_name,
-    config_edited_by_hand,
-    model_name_problem,
-    render_config,
     sign_config,
 )
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-
-# The config's names are re-exported: the converter, the twin, tests and benchmarks import them from here.
-__all__ = [
-    "CONFIG_DIGEST_PREFIX", "CONFIG_FILENAME", "CONFIG_HEADER", "DEFAULT_FILENAMES", "FRAME_SIZE", "INPUT_NAME",
-    "INSTANCE_COUNT_LIMIT", "INSTANCE_KINDS", "MAX_BATCH_SIZE_LIMIT", "MODEL_FILENAME", "OUTPUT_NAME", "STACK_SIZE",
-    "RepositoryModel", "check_config_replaceable", "check_model_name", "config_edited_by_hand", "existing_versions",
-    "model_name_problem", "read_repository", "render_config", "sign_config", "version_dirs", "write_file_atomic",
-    "write_model_version",
-]  # fmt: skip
 
 CONFIG_FILENAME = "config.pbtxt"
 # A version directory: ASCII digits only. str.isdigit() also takes "１" (fullwidth),

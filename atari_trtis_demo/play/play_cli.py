@@ -144,8 +144,9 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
         from atari_trtis_demo.play.play_workers import check_worker_flags
 
         check_worker_flags(server.workers, server.games, config.headless, config.record, server.fallback_modelpath)
+    from atari_trtis_demo.client.errors import InferenceError
+    from atari_trtis_demo.client.inference_client import InferenceClient
     from atari_trtis_demo.core.game_id import remote_game
-    from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
     from atari_trtis_demo.play.play_loop import play_games
     from atari_trtis_demo.play.policies import PROBE_TIMEOUT_SECONDS, FallbackPolicy, LocalChainerPolicy, RemotePolicy
 
@@ -189,7 +190,8 @@ def standalone_main(argv: Sequence[str] | None = None) -> int:
     args = standalone_parser().parse_args(sys.argv[1:] if argv is None else argv)
     config = play_config(args)  # env_id: set below, once the model's own game is known
     modelpath = from_args(StandaloneOptions, args).modelpath
-    from atari_trtis_demo.core.game_id import AGENT_STATE_FILE, choose_game, recorded_env_id
+    from atari_trtis_demo.core.contract import AGENT_STATE_FILE
+    from atari_trtis_demo.core.game_id import choose_game, recorded_env_id
     from atari_trtis_demo.play.play_loop import play_games
     from atari_trtis_demo.play.policies import LocalChainerPolicy
 

@@ -25,12 +25,13 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 
+from atari_trtis_demo.client.errors import BadResponse, InferenceError, RequestTimeout
+from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.core.game_banks import BANK_SIZE, GameBank, VectorGames, WrappedGames
 from atari_trtis_demo.play.grid_screen import make_screen
-from atari_trtis_demo.play.inference_client import BadResponse, InferenceError, RequestTimeout
 from atari_trtis_demo.play.play_parts import Bank, Game, Outage, Overlay, check_action_count, game_over_lines
 from atari_trtis_demo.play.play_result import CUT_SHORT, GAME_OVER_SECONDS, STEP_LIMIT, Pace, PlayConfig, PlayResult
-from atari_trtis_demo.play.play_stats import LatencyStats, cpu_seconds
+from atari_trtis_demo.play.play_stats import cpu_seconds
 from atari_trtis_demo.play.policies import Policy
 from atari_trtis_demo.play.screen import View, check_record_path
 

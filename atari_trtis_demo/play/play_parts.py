@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from atari_trtis_demo.client.errors import InferenceError, RequestTimeout, ServerError, ServerUnavailable
+from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.core.envs import scale_observation
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_banks import GameBank, Stepped
-from atari_trtis_demo.play.inference_client import InferenceError, RequestTimeout, ServerError, ServerUnavailable
 from atari_trtis_demo.play.play_result import CUT_SHORT, STEP_LIMIT, TERMINATED, TRUNCATED, EpisodeStats, OutageStats
-from atari_trtis_demo.play.play_stats import LatencyStats, staleness_summary
+from atari_trtis_demo.play.play_stats import staleness_summary
 from atari_trtis_demo.play.policies import Policy
 from atari_trtis_demo.play.web_address import PLAY_ON_EPISODES
 

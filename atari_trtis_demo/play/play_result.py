@@ -13,9 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from atari_trtis_demo.core.atari_wrappers import EVAL_EPSILON
 from atari_trtis_demo.core.cli_args import float_in, int_in, output_file
-from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
-from atari_trtis_demo.core.envs import DEFAULT_ENV_ID, EVAL_EPSILON
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, EVALUATION_EPISODE_CAP
 from atari_trtis_demo.core.typed_flags import flag
 from atari_trtis_demo.play.play_stats import staleness_buckets, staleness_summary
 from atari_trtis_demo.play.screen import DEFAULT_SCALE

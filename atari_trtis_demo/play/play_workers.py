@@ -111,7 +111,7 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     loop = None
     try:
-        from atari_trtis_demo.play.inference_client import InferenceClient
+        from atari_trtis_demo.client.inference_client import InferenceClient
         from atari_trtis_demo.play.play_loop import PlayLoop
         from atari_trtis_demo.play.policies import RemotePolicy
 

@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
+from atari_trtis_demo.client.errors import InferenceError
+from atari_trtis_demo.client.inference_client import InferenceClient
+from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.core.cli_args import LOCAL_PLAY_MODULES, missing_modules, server_install_message
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.play.inference_client import InferenceClient, InferenceError
-from atari_trtis_demo.play.play_stats import LatencyStats
 
 logger = logging.getLogger(__name__)
 FALLBACK_PROBE_SECONDS = 2.0  # while on the fallback, the server is tried again this often

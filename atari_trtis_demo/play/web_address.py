@@ -15,8 +15,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import PLAYER_KEY_ENV, check_key
 
-KEY_ENV = "ATARI_DEMO_KEY"  # the players' key, as play.client_channel reads it
 DEFAULT_HOST = "127.0.0.1"
 # --episodes when --web plays on until stopped: a year of 5-minute episodes, and game i's seeds
 # (seed + i * episodes) stay far from any integer limit for --games 1024.
@@ -81,12 +81,12 @@ def parse_web_address(text: str, environ: dict[str, str] | None = None) -> WebAd
         port = -1
     if not 0 <= port <= 65535:
         raise UserError(f"--web {text}: the port must be a number from 0 to 65535 (0: any free port)")
-    key = env.get(KEY_ENV)
-    if key is not None and (not key or not key.isprintable()):
-        raise UserError(f"{KEY_ENV} is set but empty or not printable: give it a secret value (or unset it)")
+    key = env.get(PLAYER_KEY_ENV)
+    if key is not None:
+        check_key(PLAYER_KEY_ENV, key)  # serve's and the player's one check
     if key is None and not is_loopback(host):
         raise UserError(
-            f"--web {text}: a page other machines can reach needs {KEY_ENV} (viewers give it once); "
+            f"--web {text}: a page other machines can reach needs {PLAYER_KEY_ENV} (viewers give it once); "
             f"set it, or watch on 127.0.0.1"
         )
     return WebAddress(host, port, key)

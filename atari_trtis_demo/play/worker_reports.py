@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.play.play_result import EpisodeStats, OutageStats, PlayResult
-from atari_trtis_demo.play.play_stats import LatencyStats
 
 
 @dataclass

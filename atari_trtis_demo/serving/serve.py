@@ -31,12 +31,11 @@ from pathlib import Path
 
 from atari_trtis_demo.core.cli_args import ArgumentParser, run_cli
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import PLAYER_HEADER, PLAYER_KEY_ENV
 from atari_trtis_demo.core.model_repository import read_repository
 from atari_trtis_demo.core.typed_flags import add_flags, from_args
 from atari_trtis_demo.serving.serve_config import ServeOptions
 from atari_trtis_demo.serving.serve_security import (
-    PLAYER_HEADER,
-    PLAYER_KEY_ENV,
     Access,
     check_repository_files,
     check_tls_files,
@@ -48,19 +47,13 @@ from atari_trtis_demo.serving.serve_security import (
     triton_http_address,
 )
 from atari_trtis_demo.serving.serve_supervisor import supervise
-from atari_trtis_demo.serving.triton_process import (  # noqa: F401 - TritonServer, wait_until_ready: tests/test_serving.py
-    StartCancelled,
-    TritonServer,
-    launch,
-    wait_until_ready,
-)
+from atari_trtis_demo.serving.triton_process import StartCancelled, TritonServer, launch, wait_until_ready
 from atari_trtis_demo.serving.triton_twin import prepare_python_backend, prepare_twin_repository, pytriton_dir
 from atari_trtis_demo.serving.triton_workdir import (
     LOG_FILE,
     clean_stale_workdirs,
     close_to_others,
     make_workdir,
-    processes_using,  # noqa: F401 - re-exported: tests/test_serving.py
     shm_prefix,
 )
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import grpc
 
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.core.keys import PLAYER_HEADER
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.serving.owner_only import restrict_to_owner
 from atari_trtis_demo.serving.serve_security import (
-    PLAYER_HEADER,
     Access,
     grpc_metadata,
     local_address,

@@ -21,7 +21,8 @@ from google.protobuf import text_format
 
 from atari_trtis_demo.core.contract import REQUEST_BATCH_KEY
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.core.model_repository import CONFIG_FILENAME, DEFAULT_FILENAMES, MODEL_FILENAME, RepositoryModel
+from atari_trtis_demo.core.model_config import DEFAULT_FILENAMES, MODEL_FILENAME
+from atari_trtis_demo.core.model_repository import CONFIG_FILENAME, RepositoryModel
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
 TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")

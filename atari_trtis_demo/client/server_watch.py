@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from atari_trtis_demo.play.client_answers import ServedModel
-from atari_trtis_demo.play.client_errors import (
+from atari_trtis_demo.client.answers import ServedModel
+from atari_trtis_demo.client.errors import (
     InferenceError,
     ModelNotLoaded,
     ModelNotReady,
@@ -38,7 +38,7 @@ from atari_trtis_demo.play.client_errors import (
     ServersDisagree,
     ServerUnavailable,
 )
-from atari_trtis_demo.play.server_list import Servers
+from atari_trtis_demo.client.server_list import Servers
 
 try:
     from grpc._cython import cygrpc

@@ -1,6 +1,6 @@
 """How the player reaches the server: the gRPC target and channel, TLS, and the player's key.
 
-Split from :mod:`atari_trtis_demo.play.inference_client`, which builds its channel from these:
+Split from :mod:`atari_trtis_demo.client.inference_client`, which builds its channel from these:
 retries and reconnect backoff tuned for a server that closes connections every second, a bound
 on answer size, a TLS root read and checked where the error can name ``--tls-ca``, and the key
 from ``$ATARI_DEMO_KEY`` sent as gRPC metadata. No Chainer here.
@@ -20,7 +20,6 @@ from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import PLAYER_GRPC_HEADER, PLAYER_HEADER, PLAYER_KEY_ENV, check_key
 
 # The player's key: read from this variable, sent under both header names (core.keys says why).
-KEY_ENV, KEY_HEADER, TRITON_KEY_HEADER = PLAYER_KEY_ENV, PLAYER_HEADER, PLAYER_GRPC_HEADER
 # A restarted server should be found again within about a second, not after gRPC's
 # default backoff of up to two minutes.
 # serve closes every connection after 1 s (a stream flood cannot hold the server): a call
@@ -138,8 +137,8 @@ def player_key(key: str | None = None) -> str | None:
     A key ``serve`` would refuse (its syntax, its length: :func:`core.keys.check_key`) is one
     line naming the variable, not the key.
     """
-    value = os.environ.get(KEY_ENV) if key is None else key
-    return check_key(KEY_ENV, value) if value else None
+    value = os.environ.get(PLAYER_KEY_ENV) if key is None else key
+    return check_key(PLAYER_KEY_ENV, value) if value else None
 
 
 def loopback_host(host: str) -> str:
@@ -176,7 +175,7 @@ def speaks_tls(host: str, port: int, timeout: float = PROBE_SECONDS) -> bool:
 
 def key_metadata(secret: str | None) -> tuple[tuple[str, str], ...] | None:
     """The gRPC metadata that carries the player's key under both header names, or None without a key."""
-    return ((KEY_HEADER, secret), (TRITON_KEY_HEADER, secret)) if secret is not None else None
+    return ((PLAYER_HEADER, secret), (PLAYER_GRPC_HEADER, secret)) if secret is not None else None
 
 
 def open_channel(

@@ -3,14 +3,14 @@
 Triton (or any KServe v2 server) is asked over ``inference.GRPCInferenceService``
 with the stubs generated from ``protos/``. The client checks the server and the
 model once at connection, sends frame stacks as raw little-endian bytes, and trusts
-nothing it gets back (:mod:`~atari_trtis_demo.play.client_answers`): every answer must be
+nothing it gets back (:mod:`~atari_trtis_demo.client.answers`): every answer must be
 exactly one row of ``n_actions`` finite FP32 values per frame stack sent, and a server's
 error text reaches the user as one printable line. With ``ATARI_DEMO_KEY`` set (or ``key=``)
 every call carries the player's key; with ``tls_ca=`` the channel is TLS, verified against
-that root (:mod:`~atari_trtis_demo.play.client_channel`).
+that root (:mod:`~atari_trtis_demo.client.channel`).
 
 Errors, and the exit code ``cli_args.run_cli`` gives them, are in
-:mod:`~atari_trtis_demo.play.client_errors` (re-exported here): :class:`InferenceError` and its
+:mod:`~atari_trtis_demo.client.errors` (re-exported here): :class:`InferenceError` and its
 subclasses are run-time failures (exit 1, the ones a fallback player plays through);
 :class:`KeyRefused` and :class:`TlsMismatch` are the player's setup (exit 2).
 
@@ -28,51 +28,28 @@ from typing import Any
 import grpc
 import numpy as np
 
-from atari_trtis_demo.core.errors import UserError, one_line
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
-from atari_trtis_demo.play.client_answers import FRAME_SHAPE, ServedModel, answer_q_values, served_model
-from atari_trtis_demo.play.client_channel import (
-    CHANNEL_OPTIONS,
-    KEY_ENV,
-    KEY_HEADER,
+from atari_trtis_demo.client.answers import ServedModel, answer_q_values, served_model
+from atari_trtis_demo.client.channel import (
     PROBE_SECONDS,
-    RETRY_SERVICE_CONFIG,
-    TRITON_KEY_HEADER,
-    grpc_target,
     key_metadata,
     open_channel,
     player_key,
-    read_root_certificate,
     speaks_tls,
 )
-from atari_trtis_demo.play.client_errors import (
+from atari_trtis_demo.client.errors import (
     BadResponse,
     InferenceError,
     InvalidRequest,
-    KeyRefused,
-    ModelNotLoaded,
-    ModelNotReady,
-    RequestTimeout,
-    ServerError,
-    ServerGoingAway,
-    ServersDisagree,
     ServerUnavailable,
     TlsMismatch,
     rpc_failure,
 )
-from atari_trtis_demo.play.play_stats import LatencyStats
-from atari_trtis_demo.play.server_list import parse_servers
-from atari_trtis_demo.play.server_watch import ServerWatch
-
-# The names this module had before the split, for the play loop, the tests and other callers.
-__all__ = [
-    "CHANNEL_OPTIONS", "DATATYPES", "FRAME_SHAPE", "KEY_ENV", "KEY_HEADER", "PROBE_SECONDS", "RETRY_SERVICE_CONFIG",
-    "TRITON_KEY_HEADER", "BadResponse", "InferenceClient", "InferenceError", "InvalidRequest", "KeyRefused",
-    "ModelNotLoaded", "ModelNotReady", "RequestTimeout", "ServerError", "ServerGoingAway", "ServersDisagree",
-    "ServerUnavailable", "TlsMismatch",
-    "grpc_target", "player_key", "read_root_certificate", "speaks_tls",
-]  # fmt: skip
+from atari_trtis_demo.client.latency import LatencyStats
+from atari_trtis_demo.client.server_list import parse_servers
+from atari_trtis_demo.client.server_watch import ServerWatch
+from atari_trtis_demo.core.errors import UserError, one_line
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
+from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
 # The deadline of each call that checks one server of a balanced host on its own, s.
 SERVER_CHECK_SECONDS = 1.0
@@ -340,7 +317,7 @@ class InferenceClient:
         return int(request.inputs[0].shape[0]) if self.batched else None
 
     def _q_values(self, response: pb.ModelInferResponse, rows: int | None) -> np.ndarray:
-        """The answer's Q-values, checked (:func:`~atari_trtis_demo.play.client_answers.answer_q_values`)."""
+        """The answer's Q-values, checked (:func:`~atari_trtis_demo.client.answers.answer_q_values`)."""
         return answer_q_values(response, rows, self.signature, f"{self.address}: model '{self.model}' answered")
 
     # -- errors ------------------------------------------------------------------------

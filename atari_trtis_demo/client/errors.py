@@ -8,7 +8,7 @@
   :class:`~atari_trtis_demo.core.errors.UserError` subclasses: the player's setup is wrong (the key,
   the TLS flag), exit 2, and no fallback loop can mend them.
 
-Split from :mod:`atari_trtis_demo.play.inference_client` (which re-exports them). No Chainer here.
+Split from :mod:`atari_trtis_demo.client.inference_client` (which re-exports them). No Chainer here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 import grpc
 
 from atari_trtis_demo.core.errors import ServiceError, UserError, one_line
-from atari_trtis_demo.play.client_channel import KEY_ENV
+from atari_trtis_demo.core.keys import PLAYER_KEY_ENV
 
 # The reason in gRPC's words for a failed handshake, e.g. "OPENSSL_internal:CERTIFICATE_VERIFY_FAILED".
 TLS_REASON = re.compile(r"OPENSSL_internal:([A-Z0-9_]+)")
@@ -101,12 +101,12 @@ def rpc_failure(
     ):
         if keyed:
             return KeyRefused(
-                f"{address} refused the key in {KEY_ENV} ({code.name}): "
-                f"set {KEY_ENV} to the key the server was started with"
+                f"{address} refused the key in {PLAYER_KEY_ENV} ({code.name}): "
+                f"set {PLAYER_KEY_ENV} to the key the server was started with"
             )
         return KeyRefused(
             f"{address} takes only players with its key ({code.name}): "
-            f"set {KEY_ENV} to the key the server was started with"
+            f"set {PLAYER_KEY_ENV} to the key the server was started with"
         )
     if tls and "handshake" in lowered:  # only a TLS channel shakes hands
         reason = TLS_REASON.search(full)

@@ -20,9 +20,9 @@ import re
 import socket
 from dataclasses import dataclass
 
+from atari_trtis_demo.client.channel import grpc_target, host_and_port
+from atari_trtis_demo.client.errors import ServerUnavailable
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.play.client_channel import grpc_target, host_and_port
-from atari_trtis_demo.play.client_errors import ServerUnavailable
 
 # dns:[//AUTHORITY/]HOST[:PORT], as gRPC's dns resolver takes it.
 DNS_TARGET = re.compile(r"dns:(?://(?P<authority>[^/]*)/)?(?P<name>[^/,]+)$")

@@ -3,7 +3,7 @@
 The client trusts nothing it gets back: the model must take FP32 frame stacks of the
 contract's shape and give one row of ``n_actions`` FP32 Q-values per stack, and every
 answer must be exactly that, with the right byte count and finite. Split from
-:mod:`atari_trtis_demo.play.inference_client`. No Chainer here.
+:mod:`atari_trtis_demo.client.inference_client`. No Chainer here.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, REQUEST_BATCH_KEY, STACK_SIZE
-from atari_trtis_demo.core.errors import one_line
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
-from atari_trtis_demo.play.client_errors import (
+from atari_trtis_demo.client.errors import (
     BadResponse,
     InvalidRequest,
     ModelNotLoaded,
@@ -27,6 +24,9 @@ from atari_trtis_demo.play.client_errors import (
     ServerGoingAway,
     ServerUnavailable,
 )
+from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, REQUEST_BATCH_KEY, STACK_SIZE
+from atari_trtis_demo.core.errors import one_line
+from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
 FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
 
