@@ -35,8 +35,8 @@ import numpy as np
 
 from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import RemotePolicy
 from atari_trtis_demo.serving.serve import serving
 from atari_trtis_demo.train.agent import make_agent

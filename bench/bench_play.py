@@ -26,8 +26,8 @@ import numpy as np
 from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.play_config import REAL_TIME_FPS, PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_result import REAL_TIME_FPS, PlayConfig
 from atari_trtis_demo.play.policies import LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serving.serve import serving
 from atari_trtis_demo.train.agent import make_agent

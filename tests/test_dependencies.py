@@ -52,7 +52,7 @@ GYM_SIDE = {"core.envs", "core.atari_wrappers"}
 WITHOUT_GYM_OUTSIDE_SERVING = {
     "core.contract", "core.errors", "core.atomic", "core.game_id", "core.cli_args", "core.model_repository",
     "core.model_config", "core.typed_flags", "core.keys",
-    "client.inference_client", "client.server_list", "client.server_watch", "play.play_stats",
+    "client.inference_client", "client.server_list", "client.server_watch", "play.play_config",
 }  # fmt: skip
 # Blocked when serving and the client are imported: the training stack and the games.
 NOT_FOR_SERVING = ("chainer", "chainerrl", "onnx_chainer", "gym", "cv2", "gymnasium", "ale_py", "pygame")

@@ -14,8 +14,9 @@ from helpers import REMOTE, Player, free_ports, one_error_line, run_command, wai
 
 from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
+from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_result import PlayConfig, evaluation_summary
+from atari_trtis_demo.play.play_result import evaluation_summary
 from atari_trtis_demo.play.policies import RemotePolicy
 from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 

@@ -28,8 +28,8 @@ from helpers import (
 
 from atari_trtis_demo.client.errors import ServerUnavailable
 from atari_trtis_demo.convert.onnx_export import convert
+from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import FallbackPolicy, LocalChainerPolicy, Policy, RemotePolicy
 from atari_trtis_demo.serving.serve import serving
 

@@ -30,9 +30,9 @@ from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from atari_trtis_demo.play.overlay import overlay_lines
+from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_parts import overlay_lines
-from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import Policy, RemotePolicy
 from atari_trtis_demo.play.screen import Screen
 

@@ -22,7 +22,7 @@ from atari_trtis_demo.play.play_cli import (
     remote_parser,
     standalone_parser,
 )
-from atari_trtis_demo.play.play_result import REQUEST_TIMEOUT_SECONDS, PlayConfig
+from atari_trtis_demo.play.play_config import REQUEST_TIMEOUT_SECONDS, PlayConfig
 
 PARSERS = {"remote": remote_parser, "standalone": standalone_parser}
 
@@ -183,7 +183,7 @@ def used_values(command: str) -> dict[str, object]:
     play loop's episode cap and game-over time)."""
     import inspect
 
-    from atari_trtis_demo.play.play_result import GAME_OVER_SECONDS
+    from atari_trtis_demo.play.play_config import GAME_OVER_SECONDS
 
     if command == "train":
         from atari_trtis_demo.train.train_cli import build_parser

@@ -21,8 +21,9 @@ from helpers import REMOTE, STANDALONE, Player, free_ports, one_error_line, run_
 from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.play.play_cli import play_config, remote_parser
+from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_result import PlayConfig, PlayResult
+from atari_trtis_demo.play.play_result import PlayResult
 from atari_trtis_demo.play.policies import Policy
 from atari_trtis_demo.play.screen import View
 from atari_trtis_demo.play.web_address import PLAY_ON_EPISODES, WebAddress, parse_web_address

@@ -19,9 +19,9 @@ import pytest
 
 from atari_trtis_demo.client.errors import ServerUnavailable
 from atari_trtis_demo.client.latency import LatencyStats
+from atari_trtis_demo.play.overlay import overlay_lines
+from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
-from atari_trtis_demo.play.play_parts import overlay_lines
-from atari_trtis_demo.play.play_result import PlayConfig
 from atari_trtis_demo.play.policies import FallbackPolicy, Policy
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"

@@ -29,13 +29,7 @@ import grpc
 import numpy as np
 
 from atari_trtis_demo.client.answers import ServedModel, answer_q_values, served_model
-from atari_trtis_demo.client.channel import (
-    PROBE_SECONDS,
-    key_metadata,
-    open_channel,
-    player_key,
-    speaks_tls,
-)
+from atari_trtis_demo.client.channel import PROBE_SECONDS, key_metadata, open_channel, player_key, speaks_tls
 from atari_trtis_demo.client.errors import (
     BadResponse,
     InferenceError,

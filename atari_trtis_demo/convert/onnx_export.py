@@ -27,7 +27,7 @@ from atari_trtis_demo.convert.convert_config import DEFAULT_REPOSITORY, ConvertO
 from atari_trtis_demo.core.contract import AGENT_STATE_FILE, ENV_ID_KEY, FRAME_SIZE, INPUT_NAME, OUTPUT_NAME, STACK_SIZE
 from atari_trtis_demo.core.envs import make_env, scale_observation
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.core.game_id import recorded_env_id, resolve_env_id
+from atari_trtis_demo.core.game_id import check_action_count, recorded_env_id, resolve_env_id
 from atari_trtis_demo.core.model_config import check_config_replaceable, check_model_name, render_config
 from atari_trtis_demo.core.model_repository import (
     CONFIG_FILENAME,
@@ -121,17 +121,13 @@ def observation_samples(env_id: str, n: int = 32, seed: int = 0) -> np.ndarray:
     return np.stack(stacks)
 
 
-def check_action_count(model_dir: str, n_actions: int, env_id: str, *, explicit: bool) -> None:
-    """The model must have one Q-value per action of the game it is verified (and served) for."""
+def game_action_count(env_id: str) -> int:
+    """How many actions ``env_id`` has (its env made and closed)."""
     env = make_env(env_id, train=False)
-    game_actions = int(env.action_space.n)
-    env.close()
-    if game_actions != n_actions:
-        hint = "" if explicit else ": pass --env with the model's game"
-        raise UserError(
-            f"{os.path.join(model_dir, 'model.npz')}: the model has {n_actions} actions but {env_id} has "
-            f"{game_actions}{hint}"
-        )
+    try:
+        return int(env.action_space.n)
+    finally:
+        env.close()
 
 
 def verify(model_bytes: bytes, q_function: chainer.Link, observations: np.ndarray) -> float:
@@ -182,7 +178,9 @@ def convert(
     recorded = recorded_env_id(model_dir)
     game = resolve_env_id(env_id, recorded, os.path.join(model_dir, AGENT_STATE_FILE))
     q_function, n_actions = load_q_function(model_dir)
-    check_action_count(model_dir, n_actions, game, explicit=bool(env_id or recorded))
+    remedy = "convert a model trained on this game" if env_id or recorded else "pass --env with the model's game"
+    model = f"{os.path.join(model_dir, 'model.npz')}: the model"
+    check_action_count(model, n_actions, game, game_action_count(game), remedy)
     config_text = None
     if out is None:
         if not repository:

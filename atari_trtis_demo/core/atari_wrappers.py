@@ -16,12 +16,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from atari_trtis_demo.core.contract import FRAME_SIZE, STACK_SIZE
+from atari_trtis_demo.core.contract import EVAL_EPSILON, FRAME_SIZE, STACK_SIZE
 from atari_trtis_demo.core.errors import UserError
 
 NOOP_MAX = 30
 ACTION_REPEAT = 4
-EVAL_EPSILON = 0.05
 
 cv2.ocl.setUseOpenCL(False)
 

@@ -39,6 +39,8 @@ OUTPUT_NAME = "action"
 # The KServe v2 data type of both tensors (Triton's config spells it TYPE_FP32).
 DATATYPE = "FP32"
 
+# The share of random actions in evaluation and play (DeepMind's evaluation setting; the 2019 demo played with it).
+EVAL_EPSILON = 0.05
 # The game every command plays unless told otherwise (the 2019 demo's).
 DEFAULT_ENV_ID = "BreakoutNoFrameskip-v4"
 # The key of the model's game: in agent_state.json, and the config parameter of a model repository.

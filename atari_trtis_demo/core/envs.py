@@ -25,7 +25,6 @@ import numpy as np
 
 from atari_trtis_demo.core.atari_wrappers import (
     ACTION_REPEAT,
-    EVAL_EPSILON,
     NOOP_MAX,
     ClipReward,
     EpisodicLife,
@@ -37,7 +36,7 @@ from atari_trtis_demo.core.atari_wrappers import (
     RandomizeAction,
     WarpFrame,
 )
-from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, STACK_SIZE
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, EVAL_EPSILON, STACK_SIZE
 from atari_trtis_demo.core.errors import UserError
 
 # ALE's own cap for the v4/v5 ids: 108,000 frames = 30 minutes of play at 60 Hz.

@@ -46,6 +46,12 @@ BANK_SIZE = 32
 ALE_SCREEN = (210, 160)  # height, width of every ALE game's screen
 
 
+def bank_sizes(n: int) -> list[int]:
+    """``n`` games in banks of at most :data:`BANK_SIZE`, as even as can be."""
+    banks = -(-n // BANK_SIZE)
+    return [n // banks + (i < n % banks) for i in range(banks)]
+
+
 @dataclass
 class Stepped:
     """What one step of a bank gave each of its games."""

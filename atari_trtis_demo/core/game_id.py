@@ -78,3 +78,13 @@ def remote_game(flag: str | None, server_env_id: str | None, where: str, fallbac
     if server_env_id or not fallback:
         return choose_game(flag, server_env_id, where)
     return choose_game(flag, fallback, os.path.join(fallback_dir or "", AGENT_STATE_FILE))
+
+
+def check_action_count(model: str, n_actions: int, env_id: str, game_actions: int, remedy: str) -> None:
+    """A model must have one Q-value per action of its game: one line naming both counts when not.
+
+    ``model`` names it as the user knows it (the player, or the agent's ``model.npz``);
+    ``remedy`` is what to do about it.
+    """
+    if n_actions != game_actions:
+        raise UserError(f"{model} has {n_actions} actions but {env_id} has {game_actions}: {remedy}")

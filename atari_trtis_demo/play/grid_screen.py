@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from atari_trtis_demo.play.screen import ATARI_SIZE, DEFAULT_SCALE, RECORD_EVERY, Screen, View
-
-if TYPE_CHECKING:
-    from atari_trtis_demo.play.web_screen import WebScreen
+from atari_trtis_demo.play.play_config import DEFAULT_SCALE
+from atari_trtis_demo.play.screen import ATARI_SIZE, RECORD_EVERY, Screen, View
 
 # The largest grid when no display tells its size (headless recordings and screenshots); the cells keep
 # the Atari's aspect and the overlay bar goes below.
@@ -139,17 +136,3 @@ class GridScreen(Screen):
             self.frames.append(pg.surfarray.array3d(surface).swapaxes(0, 1))
         if not self.headless:
             pg.display.flip()
-
-
-def make_screen(
-    title: str, n: int, *, scale: float, headless: bool, record: str | None, screenshot: str | None, web: str | None
-) -> Screen | WebScreen:
-    """The window of one game, or the grid of ``n`` (headless: an off-screen surface, drawn only when needed);
-    with ``web``, the page at that address instead of a window, for one game or many."""
-    if web is not None:
-        from atari_trtis_demo.play.web_screen import WebScreen
-
-        return WebScreen(title, web, record=record, screenshot=screenshot)
-    if n == 1:
-        return Screen(title, scale=scale, headless=headless, record=record, screenshot=screenshot)
-    return GridScreen(title, n, scale=scale, headless=headless, record=record, screenshot=screenshot)

@@ -19,7 +19,7 @@ from atari_trtis_demo.core.contract import DEFAULT_MODEL_NAME
 from atari_trtis_demo.core.envs import check_env_id
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.typed_flags import add_flags, flag, from_args
-from atari_trtis_demo.play.play_result import PlayConfig
+from atari_trtis_demo.play.play_config import PlayConfig
 
 if TYPE_CHECKING:
     from atari_trtis_demo.play.policies import Policy

@@ -24,24 +24,41 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from atari_trtis_demo.client.errors import BadResponse, InferenceError, RequestTimeout
 from atari_trtis_demo.client.latency import LatencyStats
-from atari_trtis_demo.core.game_banks import BANK_SIZE, GameBank, VectorGames, WrappedGames
-from atari_trtis_demo.play.grid_screen import make_screen
-from atari_trtis_demo.play.play_parts import Bank, Game, Outage, Overlay, check_action_count, game_over_lines
-from atari_trtis_demo.play.play_result import CUT_SHORT, GAME_OVER_SECONDS, STEP_LIMIT, Pace, PlayConfig, PlayResult
-from atari_trtis_demo.play.play_stats import cpu_seconds
+from atari_trtis_demo.core.game_banks import BANK_SIZE, GameBank, VectorGames, WrappedGames, bank_sizes
+from atari_trtis_demo.core.game_id import check_action_count
+from atari_trtis_demo.play.banks import Bank
+from atari_trtis_demo.play.games import Game
+from atari_trtis_demo.play.grid_screen import GridScreen
+from atari_trtis_demo.play.outage import Outage
+from atari_trtis_demo.play.overlay import Overlay, game_over_lines
+from atari_trtis_demo.play.pace import Pace
+from atari_trtis_demo.play.play_config import GAME_OVER_SECONDS, PlayConfig
+from atari_trtis_demo.play.play_result import CUT_SHORT, STEP_LIMIT, PlayResult, cpu_seconds
 from atari_trtis_demo.play.policies import Policy
-from atari_trtis_demo.play.screen import View, check_record_path
+from atari_trtis_demo.play.screen import Screen, View, check_record_path
+
+if TYPE_CHECKING:
+    from atari_trtis_demo.play.web_screen import WebScreen
 
 WAIT_SLICE = 0.05  # a loop waiting for answers looks at the keys this often
 
 
-def bank_sizes(n: int) -> list[int]:
-    """``n`` games in banks of at most :data:`BANK_SIZE`, as even as can be."""
-    banks = -(-n // BANK_SIZE)
-    return [n // banks + (i < n % banks) for i in range(banks)]
+def make_screen(
+    title: str, n: int, *, scale: float, headless: bool, record: str | None, screenshot: str | None, web: str | None
+) -> Screen | WebScreen:
+    """The window of one game, or the grid of ``n`` (headless: an off-screen surface, drawn only when needed);
+    with ``web``, the page at that address instead of a window, for one game or many."""
+    if web is not None:  # aiohttp loads only here: a player without --web never imports it
+        from atari_trtis_demo.play.web_screen import WebScreen
+
+        return WebScreen(title, web, record=record, screenshot=screenshot)
+    if n == 1:
+        return Screen(title, scale=scale, headless=headless, record=record, screenshot=screenshot)
+    return GridScreen(title, n, scale=scale, headless=headless, record=record, screenshot=screenshot)
 
 
 class PlayLoop:
@@ -101,7 +118,8 @@ class PlayLoop:
                 config.env_id, size, epsilon=config.epsilon, seeds=seeds, fire_on_life_loss=config.fire_on_life_loss
             )
             self.banks.append(Bank(games, envs, self.round_trips))
-            check_action_count(self.policy.name, self.policy.n_actions, envs.n_actions, config.env_id)
+            remedy = "serve or load a model trained on this game (--env)"
+            check_action_count(self.policy.name, self.policy.n_actions, config.env_id, envs.n_actions, remedy)
             offset += size
             self.progress("creating", offset, since)
 

@@ -1,132 +1,57 @@
-"""What a play session is asked to do (:class:`PlayConfig`) and what it reports (:class:`PlayResult`).
+"""What a play session reports (:class:`PlayResult`), and the figures it is made of.
 
 One shape for every number of games: the aggregate figures, one entry per game, the
-scores of the finished episodes summarised as ChainerRL's evaluator does, and the
-time the server was away. No Chainer, no pygame.
+scores of the finished episodes summarised as ChainerRL's evaluator does, how stale the
+applied actions were, the client's CPU, and the time the server was away.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
-import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atari_trtis_demo.core.atari_wrappers import EVAL_EPSILON
-from atari_trtis_demo.core.cli_args import float_in, int_in, output_file
-from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, EVALUATION_EPISODE_CAP
-from atari_trtis_demo.core.typed_flags import flag
-from atari_trtis_demo.play.play_stats import staleness_buckets, staleness_summary
-from atari_trtis_demo.play.screen import DEFAULT_SCALE
+import numpy as np
 
-# The Atari's own pace: 60 frames/s, and one agent step is 4 frames (action repeat).
-REAL_TIME_FPS = 15.0
-# How long a player rides out a server that is away, by default (--reconnect).
-RECONNECT_SECONDS = 30.0
-# The remote player's per-request deadline, by default (--timeout).
-REQUEST_TIMEOUT_SECONDS = 5.0
-# How long the game-over screen stays where a key can come, by default (--game-over-seconds).
-GAME_OVER_SECONDS = 10.0
+
+def cpu_seconds() -> float:
+    """This process's user + system CPU time (its threads included)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def staleness_summary(staleness: list[int]) -> dict[str, Any]:
+    """Mean, p50, p99, max and the exact histogram of action ages in agent steps ({} when none)."""
+    if not staleness:
+        return {}
+    s = np.array(staleness)
+    return {
+        "mean": float(s.mean()),
+        "p50": float(np.percentile(s, 50)),
+        "p99": float(np.percentile(s, 99)),
+        "max": int(s.max()),
+        "histogram": {str(k): v for k, v in sorted(Counter(staleness).items())},
+    }
+
+
+def staleness_buckets(staleness: list[int]) -> str:
+    """A short histogram: exact counts for 0-2 steps, then doubling ranges (3-4, 5-8, ...)."""
+    counts: Counter[str] = Counter()
+    for age in staleness:
+        if age <= 2:
+            counts[str(age)] += 1
+        else:
+            high = 1 << (age - 1).bit_length()
+            counts[f"{high // 2 + 1}-{high}"] += 1
+    order = sorted(counts, key=lambda k: int(k.split("-")[0]))
+    return ", ".join(f"{k}: {counts[k]}" for k in order)
+
 
 # How an episode ended (EpisodeStats.end).
 TERMINATED, TRUNCATED, STEP_LIMIT, CUT_SHORT = "terminated", "truncated", "step limit", "cut short"
-
-
-@dataclass
-class PlayConfig:
-    """What both players are asked to do; each field with a flag is that flag's one definition (play_cli)."""
-
-    # --env unset parses as None: the command sets the model's own game, else DEFAULT_ENV_ID.
-    env_id: str | None = flag(
-        DEFAULT_ENV_ID,
-        "--env",
-        unset=None,
-        help=f"the game (default: the model's own, else {DEFAULT_ENV_ID} if it records none)",
-    )
-    # Parsed as None when not given: play_cli resolves it (1; with --web and no --max-steps, play on).
-    episodes: int = flag(
-        1,
-        type=int_in(1),
-        unset=None,
-        help="whole games to play (all lives); with --web and no --max-steps, until stopped (default: 1)",
-    )
-    # None: the evaluation cap, EVALUATION_EPISODE_CAP (episode_cap)
-    max_steps: int | None = flag(
-        None,
-        type=int_in(1),
-        help=f"cap on agent steps per episode (default: {EVALUATION_EPISODE_CAP}, the cap of the reproduction's "
-        "evaluation: 5 minutes of play)",
-    )
-    # The remote player's --sync; the standalone player declares its own (--sync/--async, on by default).
-    sync: bool = flag(False, action="store_true", help="wait for each action (default: asynchronous inference)")
-    headless: bool = flag(False, action="store_true", help="no window (servers, tests, benchmarks)")
-    fps: float = flag(
-        REAL_TIME_FPS,
-        type=float_in(0, 10000),
-        help="agent steps per second, window and headless alike (default: 15, the Atari's own pace, 60 frames/s "
-        "with 4 frames a step; 0: as fast as possible, and async play then applies actions as many steps old "
-        "as fit into one round trip)",
-    )
-    rendering_scale: float = flag(
-        DEFAULT_SCALE,
-        "--rendering_scale",
-        type=float_in(0.5, 16),
-        metavar="SCALE",
-        help="size of the game in the window: each Atari pixel drawn SCALE x SCALE (160x210 at 1, 480x630 at 3; "
-        "0.5 to 16, fractions allowed)",
-    )
-    seed: int = flag(0, type=int_in(0, 2**31 - 1), help="seeds the emulator, the no-op starts and the random actions")
-    epsilon: float = flag(EVAL_EPSILON, type=float_in(0, 1), help="fraction of random actions, as the original")
-    record: str | None = flag(None, type=output_file, help="write the gameplay to FILE.gif (or .mp4)")
-    screenshot: str | None = flag(None, type=output_file, help="save the last window image to FILE.png")
-    # FIRE at the start and after each lost life (envs.FireOnLifeLoss)
-    fire_on_life_loss: bool = flag(
-        False,
-        action="store_true",
-        help="press FIRE at the start and after each lost life, so that a barely trained agent's Breakout serves "
-        "(an action override, not preprocessing; see docs/deviations.md)",
-    )
-    # 0: the first failed request ends play. A remote-only flag, like --timeout.
-    reconnect: float = flag(
-        RECONNECT_SECONDS,
-        type=float_in(0, 86400),
-        help="while the server is away, play on (sync waits, async plays its last action) for up to SECONDS, then "
-        "end with exit code 1 (default: 30; 0: end at the first failed request)",
-        metavar="SECONDS",
-    )
-    # A remote policy's per-request deadline: an answer older is lost. None: no deadline (tests, the local player).
-    request_timeout: float | None = flag(
-        None,
-        "--timeout",
-        unset=REQUEST_TIMEOUT_SECONDS,
-        type=float_in(0, 600, low_open=True),
-        metavar="SECONDS",
-        help="how long one request may wait for its answer",
-    )
-    # None: GAME_OVER_SECONDS where a key can come, else 0
-    game_over_seconds: float | None = flag(
-        None,
-        type=float_in(0, 3600),
-        metavar="SECONDS",
-        help=f"how long the window stays on the game-over screen unless a key is pressed (default: "
-        f"{GAME_OVER_SECONDS:g} in a window; 0 where no key can come: --headless, SDL's dummy or offscreen driver)",
-    )
-    json: str | None = flag(None, type=output_file, help="write the statistics to FILE.json")
-    # None: the pygame window (or none, --headless). Checked with its key by web_address.parse_web_address.
-    web: str | None = flag(
-        None,
-        metavar="[HOST:]PORT",
-        help="no window: show the game (the grid of --games N) as a page at http://HOST:PORT/ (HOST: 127.0.0.1 "
-        "unless given; another needs ATARI_DEMO_KEY; PORT 0: a free one), and play on until stopped unless "
-        "--episodes or --max-steps",
-    )
-    # Not a flag: the index of the first game played in this process (a worker's share: play_workers).
-    first_game: int = 0
-
-    @property
-    def episode_cap(self) -> int:
-        return self.max_steps or EVALUATION_EPISODE_CAP
 
 
 @dataclass
@@ -185,7 +110,7 @@ class PlayResult:
     outage: OutageStats = field(default_factory=OutageStats)
     games: list[Any] = field(default_factory=list)  # play_loop.Game, each with to_json() and finished_scores
     cpu_seconds: float = 0.0  # this process's CPU in play (with workers: theirs and the parent's)
-    round_trips: Any = None  # play_stats.LatencyStats of every wave, for a worker's report
+    round_trips: Any = None  # client.latency.LatencyStats of every wave, for a worker's report
     # Calls each server answered, by address (InferenceClient.answered_by_server, through play_cli.announcer).
     servers: dict[str, int] = field(default_factory=dict)
 
@@ -275,26 +200,3 @@ class PlayResult:
 def write_json(path: str, result: PlayResult) -> None:
     with open(path, "w") as f:
         json.dump(result.to_json(), f, indent=2)
-
-
-class Pace:
-    """Holds a loop to ``fps`` iterations per second on an absolute schedule (``fps`` 0: no pace).
-
-    A step that ran late is made up by the next ones' waits, so the mean pace holds;
-    after a stall of more than a quarter second (a pause, a slow machine) the schedule
-    restarts rather than rushing to catch up.
-    """
-
-    def __init__(self, fps: float) -> None:
-        self.period = 1.0 / fps if fps > 0 else 0.0
-        self._next: float | None = None
-
-    def wait(self) -> None:
-        if not self.period:
-            return
-        now = time.perf_counter()
-        if self._next is None or now - self._next > 0.25:
-            self._next = now
-        elif self._next > now:
-            time.sleep(self._next - now)
-        self._next += self.period

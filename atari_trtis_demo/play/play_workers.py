@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from atari_trtis_demo.core.errors import ServiceError, UserError
-from atari_trtis_demo.play.play_result import PlayConfig, PlayResult
-from atari_trtis_demo.play.play_stats import cpu_seconds
+from atari_trtis_demo.play.play_config import PlayConfig
+from atari_trtis_demo.play.play_result import PlayResult, cpu_seconds
 from atari_trtis_demo.play.worker_reports import WorkerReport, merge, worker_report
 
 # How long the workers may take to import, connect and build their envs (loaded machine: N x 50 ms of resets).

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from atari_trtis_demo.core.errors import UserError
+from atari_trtis_demo.play.play_config import DEFAULT_SCALE
 
 ATARI_SIZE = (160, 210)  # width, height of the ALE screen
 RECORD_EVERY = 2  # agent steps per recorded GIF frame: keeps files small
-DEFAULT_SCALE = 3.0  # window size as a multiple of ATARI_SIZE (--rendering_scale)
 QUIT, PAUSE = "quit", "pause"  # what the player asked for, from :meth:`Screen.commands`
 
 

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from atari_trtis_demo.core.atari_wrappers import EVAL_EPSILON
 from atari_trtis_demo.core.cli_args import TRAIN_MODULES, ArgumentParser, needs_server_install
-from atari_trtis_demo.core.contract import EVALUATION_EPISODE_CAP
+from atari_trtis_demo.core.contract import EVAL_EPSILON, EVALUATION_EPISODE_CAP
 from atari_trtis_demo.core.envs import OldGymAPI, make_env
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.game_id import recorded_env_id
