@@ -38,6 +38,7 @@ from helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
+from atari_trtis_demo.client.channel import key_metadata
 from atari_trtis_demo.core.keys import ADMIN_HEADER, PLAYER_HEADER
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -48,7 +49,6 @@ from atari_trtis_demo.serving.serve_security import (
     http_address,
     is_loopback,
     numeric_address,
-    player_metadata,
     triton_address,
 )
 from atari_trtis_demo.serving.serve_supervisor import supervise
@@ -147,9 +147,7 @@ def test_with_a_player_key_only_health_is_open_and_a_wrong_key_is_refused(guarde
             assert refused.value.details() == (
                 "This protocol is restricted, expecting header 'triton-grpc-protocol-atari-demo-key'"
             )
-        meta = stub.ModelMetadata(
-            pb.ModelMetadataRequest(name="atari"), timeout=5, metadata=player_metadata({"ATARI_DEMO_KEY": PLAYER_KEY})
-        )
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="atari"), timeout=5, metadata=key_metadata(PLAYER_KEY))
         assert meta.name == "atari"
     url, tls = f"127.0.0.1:{guarded.grpc_port}", {"ssl": True, "root_certificates": str(cert)}
     with pytest.raises(InferenceServerException, match="restricted"):
@@ -415,6 +413,8 @@ def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, cap
     http, grpc_port, metrics = free_ports(3)
     server = start_server(repository, http_port=http, grpc_port=grpc_port, metrics_port=metrics)
     assert server.shm_regions, "the twin's stub has its region"
+    first_envs = set(server.python_envs)
+    assert first_envs and all(p.is_dir() for p in first_envs), "the python backend's directory in /tmp"
     said: list[str] = []
     result: list[int] = []
     watcher = threading.Thread(
@@ -438,4 +438,5 @@ def test_five_deaths_in_five_minutes_end_serve_in_one_line(repository: Path, cap
         server.stop()
     assert not server.workdir.exists()
     assert not server.shm_regions, "every dead server's /dev/shm regions are removed"
+    assert not [p for p in first_envs if p.exists()], "a killed Triton's python-backend directory is removed"
     Path(errors[0].rsplit("Triton's log: ", 1)[1].rstrip(")")).unlink()  # the copy kept for the owner

@@ -5,14 +5,11 @@ workdir and shared-memory regions; :meth:`TritonServer.restart` replaces a dead 
 the same ports, :meth:`TritonServer.stop` ends it within 5 s even when it is wedged.
 :func:`wait_until_ready` is the readiness check (over TLS when it serves TLS, with the
 players' key when one is set). :mod:`atari_trtis_demo.serve` builds the command line.
-
-No Chainer here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import resource
 import shutil
@@ -29,6 +26,7 @@ import grpc
 
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import PLAYER_HEADER
+from atari_trtis_demo.core.parent_death import die_with_parent
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from atari_trtis_demo.serving.owner_only import restrict_to_owner
@@ -44,12 +42,12 @@ from atari_trtis_demo.serving.triton_workdir import (
     LogPump,
     claim_workdir,
     processes_using,
+    python_env_dirs,
+    remove_empty_dirs,
     remove_shm_regions,
     shm_regions_of,
     triton_errors,
 )
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -68,7 +66,7 @@ def describe_exit(returncode: int | None) -> str:
 def _start_child(*, raise_nofile: bool = True) -> None:  # pragma: no cover (runs in the child between fork and exec)
     # The kernel sends SIGKILL to Triton when the thread that started it dies, even
     # by kill -9: no server outlives `serve` holding its ports.
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    die_with_parent()
     # What Triton creates is its user's alone: the python backend made its /dev/shm regions,
     # which carry every player's frames and Q-values, 0644 (readable by any local user).
     restrict_to_owner()
@@ -103,6 +101,10 @@ class TritonServer:
     command: list[str] = field(default_factory=list)
     log_pump: LogPump | None = None
     serves_http: bool = True  # False: --no-http, no HTTP or metrics listener
+    # The python backend's directories in /tmp: those there before this Triton started, and
+    # those it made (triton_workdir.PYTHON_ENV_DIR), removed once it has ended.
+    python_envs_before: set[Path] = field(default_factory=set)
+    python_envs: set[Path] = field(default_factory=set)
 
     @property
     def grpc_target(self) -> str:
@@ -168,6 +170,9 @@ class TritonServer:
         while processes_using(str(self.workdir)) and time.monotonic() < deadline:
             time.sleep(0.05)
         remove_shm_regions(self.shm_regions)
+        if self.process.poll() is not None:
+            remove_empty_dirs(self.python_envs)
+            self.python_envs.clear()
         if self.log_pump:
             self.log_pump.join(0.5)
 
@@ -192,6 +197,7 @@ class TritonServer:
 
 def launch(server: TritonServer) -> None:
     """Start ``server.command``; its output goes through a pipe into the capped log."""
+    server.python_envs_before = python_env_dirs()
     read_end, write_end = os.pipe()
     try:
         server.process = subprocess.Popen(
@@ -270,6 +276,7 @@ def wait_until_ready(server: TritonServer, timeout: float, cancelled: Callable[[
                     )
                     and server.process.poll() is None
                 ):
+                    server.python_envs |= python_env_dirs() - server.python_envs_before
                     return
             except (grpc.RpcError, OSError):
                 pass

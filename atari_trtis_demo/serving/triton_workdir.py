@@ -289,3 +289,29 @@ def remove_shm_regions(names: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
                 path.unlink()
                 removed.append(name)
     return removed
+
+
+# The python backend makes an empty directory at each start, under this fixed path (not
+# $TMPDIR, so not in the workdir), and removes it only when Triton shuts down cleanly: each
+# Triton killed (a death, a wedge, the SIGKILL after the grace) left one behind.
+PYTHON_ENV_DIR = Path("/tmp")
+PYTHON_ENV_PREFIX = "python_env_"
+
+
+def python_env_dirs(tmp: Path = PYTHON_ENV_DIR) -> set[Path]:
+    """This user's python-backend directories in ``tmp`` now (real directories, not links)."""
+    mine = set()
+    with contextlib.suppress(OSError):
+        for path in tmp.glob(PYTHON_ENV_PREFIX + "*"):
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+                    mine.add(path)
+    return mine
+
+
+def remove_empty_dirs(paths: set[Path]) -> None:
+    """``rmdir`` each of ``paths``: an empty directory goes, anything with content stays as it is."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.rmdir()
