@@ -2,8 +2,7 @@
 
 The client trusts nothing it gets back: the model must take FP32 frame stacks of the
 contract's shape and give one row of ``n_actions`` FP32 Q-values per stack, and every
-answer must be exactly that, with the right byte count and finite. Split from
-:mod:`atari_trtis_demo.client.inference_client`. No Chainer here.
+answer must be exactly that, with the right byte count and finite.
 """
 
 from __future__ import annotations
@@ -24,11 +23,11 @@ from atari_trtis_demo.client.errors import (
     ServerGoingAway,
     ServerUnavailable,
 )
-from atari_trtis_demo.core.contract import ENV_ID_KEY, FRAME_SIZE, REQUEST_BATCH_KEY, STACK_SIZE
+from atari_trtis_demo.core.contract import DATATYPE, ENV_ID_KEY, FRAME_STACK_SHAPE, REQUEST_BATCH_KEY
 from atari_trtis_demo.core.errors import one_line
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
-FRAME_SHAPE = [STACK_SIZE, FRAME_SIZE, FRAME_SIZE]
+FRAME_SHAPE = list(FRAME_STACK_SHAPE)  # as a model's metadata lists it
 
 
 def shape_text(shape: Sequence[int]) -> str:
@@ -56,16 +55,16 @@ def check_signature(meta: pb.ModelMetadataResponse, model: str, address: str) ->
     (inp,), (out,) = meta.inputs, meta.outputs
     shape = list(inp.shape)
     batched = len(shape) == 4 and shape[0] == -1
-    if inp.datatype != "FP32" or shape[-3:] != FRAME_SHAPE or len(shape) not in (3, 4):
+    if inp.datatype != DATATYPE or shape[-3:] != FRAME_SHAPE or len(shape) not in (3, 4):
         raise ModelNotReady(
             f"model '{model}' expects {shape_text(shape)} {one_line(inp.datatype, 20)} but the player "
-            f"sends [-1, {STACK_SIZE}, {FRAME_SIZE}, {FRAME_SIZE}] FP32 frame stacks"
+            f"sends [-1, {', '.join(map(str, FRAME_STACK_SHAPE))}] {DATATYPE} frame stacks"
         )
     out_shape = list(out.shape)
-    if out.datatype != "FP32" or len(out_shape) != (2 if batched else 1) or out_shape[-1] < 1:
+    if out.datatype != DATATYPE or len(out_shape) != (2 if batched else 1) or out_shape[-1] < 1:
         raise ModelNotReady(
             f"model '{model}' outputs {shape_text(out_shape)} {one_line(out.datatype, 20)}; "
-            "expected [-1, n_actions] FP32 Q-values"
+            f"expected [-1, n_actions] {DATATYPE} Q-values"
         )
     return ModelSignature(inp.name, out.name, int(out_shape[-1]), batched)
 
@@ -124,8 +123,8 @@ def answer_q_values(
     for i, tensor in enumerate(response.outputs):
         if tensor.name != signature.output_name:
             continue
-        if tensor.datatype != "FP32":
-            raise BadResponse(f"{where} {one_line(tensor.datatype, 20)} Q-values, not FP32")
+        if tensor.datatype != DATATYPE:
+            raise BadResponse(f"{where} {one_line(tensor.datatype, 20)} Q-values, not {DATATYPE}")
         if len(tensor.shape) != len(expected) or list(tensor.shape) != expected:
             raise BadResponse(
                 f"{where} shape {shape_text(tensor.shape)} for {rows or 1} frame stack(s); expected {expected}"
@@ -133,8 +132,9 @@ def answer_q_values(
         if i >= len(response.raw_output_contents):
             raise BadResponse(f"{where} no raw contents for output '{one_line(tensor.name, 40)}'")
         raw = response.raw_output_contents[i]
-        if len(raw) != 4 * math.prod(expected):
-            raise BadResponse(f"{where} {len(raw)} bytes for shape {expected} FP32, not {4 * math.prod(expected)}")
+        size = 4 * math.prod(expected)
+        if len(raw) != size:
+            raise BadResponse(f"{where} {len(raw)} bytes for shape {expected} {DATATYPE}, not {size}")
         q_values = np.frombuffer(raw, dtype="<f4").reshape(expected)
         if not np.isfinite(q_values).all():
             raise BadResponse(f"{where} Q-values that are not finite (NaN or infinity)")

@@ -17,6 +17,7 @@ This module imports neither Chainer nor ChainerRL.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections import deque
 from typing import Any
 
@@ -36,7 +37,7 @@ from atari_trtis_demo.core.atari_wrappers import (
     RandomizeAction,
     WarpFrame,
 )
-from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, EVAL_EPSILON, STACK_SIZE
+from atari_trtis_demo.core.contract import DEFAULT_ENV_ID, EVAL_EPSILON, PIXEL_MAX, STACK_SIZE
 from atari_trtis_demo.core.errors import UserError
 
 # ALE's own cap for the v4/v5 ids: 108,000 frames = 30 minutes of play at 60 Hz.
@@ -73,15 +74,19 @@ def scale_observation(observation: Any) -> np.ndarray:
     Used as ChainerRL's ``phi`` in training, by the standalone player, and by the
     remote player before it sends a stack to the server.
     """
-    return np.asarray(observation, dtype=np.float32) / 255
+    return np.asarray(observation, dtype=np.float32) / PIXEL_MAX
 
 
-def atari_env_ids() -> list[str]:
-    """Every Atari id registered by ale-py, as users type them."""
+@functools.cache
+def atari_env_ids() -> tuple[str, ...]:
+    """Every Atari id registered by ale-py, as users type them.
+
+    Read once per process: every game of a bank, and every emulator a command makes, checks its id
+    (:func:`check_env_id`) against this, and a look-up is then all that check costs."""
     import ale_py
 
     gym.register_envs(ale_py)
-    return sorted(k for k, spec in gym.registry.items() if "ale_py" in str(spec.entry_point))
+    return tuple(sorted(k for k, spec in gym.registry.items() if "ale_py" in str(spec.entry_point)))
 
 
 def check_env_id(env_id: str, flag: str = "--env") -> str:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from atari_trtis_demo.core.cli_args import ArgumentParser, int_in, port
+from atari_trtis_demo.core.cli_args import LOCAL_PLAY_MODULES, ArgumentParser, int_in, needs_server_install, port
 from atari_trtis_demo.core.contract import DEFAULT_MODEL_NAME
 from atari_trtis_demo.core.envs import check_env_id
 from atari_trtis_demo.core.errors import UserError
@@ -187,6 +187,12 @@ def remote_main(argv: Sequence[str] | None = None) -> int:
 
 
 def standalone_main(argv: Sequence[str] | None = None) -> int:
+    """Play with local Chainer inference; on a client install, one ``error:`` line says what to install."""
+    command = os.path.basename(sys.argv[0]) or "app.py"
+    return needs_server_install(command, lambda: _standalone_main(argv), LOCAL_PLAY_MODULES)() or 0
+
+
+def _standalone_main(argv: Sequence[str] | None) -> int:
     args = standalone_parser().parse_args(sys.argv[1:] if argv is None else argv)
     config = play_config(args)  # env_id: set below, once the model's own game is known
     modelpath = from_args(StandaloneOptions, args).modelpath

@@ -39,9 +39,11 @@ from atari_trtis_demo.play.pace import Pace
 from atari_trtis_demo.play.play_config import GAME_OVER_SECONDS, PlayConfig
 from atari_trtis_demo.play.play_result import CUT_SHORT, STEP_LIMIT, PlayResult, cpu_seconds
 from atari_trtis_demo.play.policies import Policy
-from atari_trtis_demo.play.screen import Screen, View, check_record_path
+from atari_trtis_demo.play.screen import Screen, View
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from atari_trtis_demo.play.web_screen import WebScreen
 
 WAIT_SLICE = 0.05  # a loop waiting for answers looks at the keys this often
@@ -143,6 +145,20 @@ class PlayLoop:
 
     # -- answers -----------------------------------------------------------------------
 
+    def q_values_or_outage(self, answer: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """The wave's Q-values, or None when the server failed it (the outage logic rides that out).
+
+        The one place an answer's failure is sorted: the server's (an :class:`InferenceError`) is
+        an outage; anything else means an answer the client could not read, and ends play.
+        """
+        try:
+            return answer()
+        except InferenceError as e:
+            self.outage.failed(e, time.monotonic())
+            return None
+        except Exception as e:
+            raise BadResponse(f"{self.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
+
     def take_answer(self, bank: Bank, now: float) -> bool:
         """Whether ``bank``'s wave brought its games' actions (False: not yet, or it failed and play rides it out)."""
         wave = bank.wave
@@ -153,14 +169,10 @@ class PlayLoop:
                 bank.drop_wave()
                 self.outage.failed(RequestTimeout(f"{self.policy.name}: no answer within {self.deadline:g} s"), now)
             return False
-        try:
-            q = wave.result()
-        except InferenceError as e:
+        q = self.q_values_or_outage(wave.result)
+        if q is None:
             bank.wave = None
-            self.outage.failed(e, now)
             return False
-        except Exception as e:  # an answer the client itself could not read
-            raise BadResponse(f"{self.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
         # The future's own callback notes when it came; it runs just after done() turns true, so maybe not yet.
         came = bank.answered_time if bank.answered_time >= bank.asked_time else now
         bank.answered(q, came - bank.asked_time, staleness=not self.config.sync)
@@ -170,13 +182,9 @@ class PlayLoop:
     def answer_now(self, bank: Bank) -> bool:
         """Ask for ``bank``'s actions and wait for them (a plain blocking call); False when the server is away."""
         asked = time.monotonic()
-        try:
-            q = bank.ask_and_wait(self.policy, asked)
-        except InferenceError as e:
-            self.outage.failed(e, time.monotonic())
+        q = self.q_values_or_outage(lambda: bank.ask_and_wait(self.policy, asked))
+        if q is None:
             return False
-        except Exception as e:  # an answer the client itself could not read
-            raise BadResponse(f"{self.policy.name}: unreadable answer ({type(e).__name__}: {e})") from None
         now = time.monotonic()
         bank.answered(q, now - asked, staleness=False)
         self.outage.answered(now)
@@ -310,7 +318,6 @@ def play_games(
     ``announce`` gets the statistics as soon as play ends, before the game-over screen
     (which stays ``config.game_over_seconds``, or until a key, where a key can come).
     """
-    check_record_path(config.record)
     try:
         loop = PlayLoop(policy, n, config)
     except KeyboardInterrupt:  # Ctrl-C or Esc while the games' emulators load

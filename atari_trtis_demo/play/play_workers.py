@@ -17,12 +17,11 @@ Workers draw nothing: a window would need every screen sent to the parent (about
 workers exist to take off the parent. ``--workers`` therefore needs ``--headless``.
 
 A worker dies with its parent (``PR_SET_PDEATHSIG``); Ctrl-C or SIGTERM stops the
-workers, reports what was played and leaves no process behind. No Chainer here.
+workers, reports what was played and leaves no process behind.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atari_trtis_demo.core.errors import ServiceError, UserError
+from atari_trtis_demo.core.parent_death import die_with_parent
 from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_result import PlayResult, cpu_seconds
 from atari_trtis_demo.play.worker_reports import WorkerReport, merge, worker_report
@@ -42,7 +42,6 @@ from atari_trtis_demo.play.worker_reports import WorkerReport, merge, worker_rep
 READY_SECONDS = 120.0
 # After Ctrl-C or SIGTERM, how long the workers get to report what they played before they are killed.
 STOP_GRACE_SECONDS = 5.0
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -83,10 +82,7 @@ def check_worker_flags(workers: int, games: int, headless: bool, record: str | N
 
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when its parent dies (a killed parent must not leave players behind)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the parent's own cleanup still ends the workers
-        pass
+    die_with_parent()  # not Linux: the parent's own cleanup still ends the workers
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
 

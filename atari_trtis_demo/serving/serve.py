@@ -12,8 +12,6 @@ restart, stop) is :mod:`atari_trtis_demo.serving.triton_process`'s, who may reac
 :mod:`atari_trtis_demo.serving.serve_security`'s, restarting a dead Triton
 :mod:`atari_trtis_demo.serving.serve_supervisor`'s, temporary files, log and shared memory
 :mod:`atari_trtis_demo.serving.triton_workdir`'s.
-
-No Chainer here.
 """
 
 from __future__ import annotations
@@ -73,7 +71,7 @@ def policy_flags(access: Access, tls: tuple[Path, Path] | None) -> list[str]:
         # that never reads lets none be written: one unread ModelStreamInfer stream grew
         # tritonserver past 3 GB in 10 s. Closing every connection after 1 s (0.5 s of grace
         # for calls in flight) bounds what one connection can hold; players reconnect at
-        # once and retry the rare call cut by the close (client_channel.CHANNEL_OPTIONS).
+        # once and retry the rare call cut by the close (client.channel.CHANNEL_OPTIONS).
         # Figures: docs/serving.md, "A stream flood".
         f"--grpc-max-connection-age={GRPC_CONNECTION_AGE_MS}",
         f"--grpc-max-connection-age-grace={GRPC_CONNECTION_AGE_GRACE_MS}",
@@ -264,10 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        settings = {
-            k: v for k, v in vars(args).items() if k not in ("model_repository", "tls_cert", "tls_key", "no_key")
-        }
-        server = start_server(args.model_repository, **settings, access=access, tls=tls, cancelled=lambda: stopping)
+        server = start_server(
+            args.model_repository, **args.server_settings(), access=access, tls=tls, cancelled=lambda: stopping
+        )
     except StartCancelled:
         print("server stopped", flush=True)
         return 0

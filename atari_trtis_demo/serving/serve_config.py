@@ -2,7 +2,6 @@
 
 Each default, range check and help is written here once; ``serve.build_parser`` puts the
 fields on the parser and ``serve.start_server`` takes its keyword defaults from them.
-No Chainer here.
 """
 
 from __future__ import annotations
