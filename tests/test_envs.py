@@ -83,7 +83,7 @@ def test_observation_shape_dtype_and_stack_order() -> None:
         previous = now
     # Frames are shared between consecutive stacks, not copied.
     nxt, *_ = env.step(0)
-    assert np.shares_memory(nxt.frame(2), obs.frame(3))
+    assert np.shares_memory(nxt._frames[2], obs._frames[3])
     scaled = scale_observation(obs)
     assert scaled.dtype == np.float32 and scaled.shape == (4, 84, 84)
     assert 0.0 <= scaled.min() and scaled.max() <= 1.0

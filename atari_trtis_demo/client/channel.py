@@ -1,9 +1,9 @@
 """How the player reaches the server: the gRPC target and channel, TLS, and the player's key.
 
-Split from :mod:`atari_trtis_demo.client.inference_client`, which builds its channel from these:
+:mod:`atari_trtis_demo.client.inference_client` builds its channel from these:
 retries and reconnect backoff tuned for a server that closes connections every second, a bound
 on answer size, a TLS root read and checked where the error can name ``--tls-ca``, and the key
-from ``$ATARI_DEMO_KEY`` sent as gRPC metadata. No Chainer here.
+from ``$ATARI_DEMO_KEY`` sent as gRPC metadata.
 """
 
 from __future__ import annotations

@@ -7,8 +7,6 @@
 - :class:`KeyRefused` and :class:`TlsMismatch` are
   :class:`~atari_trtis_demo.core.errors.UserError` subclasses: the player's setup is wrong (the key,
   the TLS flag), exit 2, and no fallback loop can mend them.
-
-Split from :mod:`atari_trtis_demo.client.inference_client` (which re-exports them). No Chainer here.
 """
 
 from __future__ import annotations

@@ -13,8 +13,6 @@ Errors, and the exit code ``cli_args.run_cli`` gives them, are in
 :mod:`~atari_trtis_demo.client.errors` (re-exported here): :class:`InferenceError` and its
 subclasses are run-time failures (exit 1, the ones a fallback player plays through);
 :class:`KeyRefused` and :class:`TlsMismatch` are the player's setup (exit 2).
-
-No Chainer here.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import grpc
 import numpy as np
 
 from atari_trtis_demo.client.answers import ServedModel, answer_q_values, served_model
-from atari_trtis_demo.client.channel import PROBE_SECONDS, key_metadata, open_channel, player_key, speaks_tls
+from atari_trtis_demo.client.channel import key_metadata, open_channel, player_key, speaks_tls
 from atari_trtis_demo.client.errors import (
     BadResponse,
     InferenceError,
@@ -131,14 +129,6 @@ class InferenceClient:
 
     def _speaks_tls(self) -> bool:
         return any(speaks_tls(host, port) for host, port in self.servers.probes[:3])
-
-    def live(self, timeout: float = PROBE_SECONDS) -> bool:
-        """Whether the server answers a liveness call within ``timeout`` s: a cheap probe that also
-        tells a server that accepts connections but never answers (False) from a live one."""
-        try:
-            return bool(self._stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout, metadata=self._metadata).live)
-        except grpc.RpcError:
-            return False
 
     def answered_by_server(self) -> dict[str, int]:
         """Calls each server answered so far (OK), by address: what ``--json`` reports as ``servers``.

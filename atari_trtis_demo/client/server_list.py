@@ -8,9 +8,9 @@
   playing (a Kubernetes headless Service); without a port it takes ``--port``.
 
 A list or a ``dns:`` name is *balanced*: one channel whose calls gRPC's round_robin spreads
-over the servers (``client_channel.BALANCED_OPTIONS``). With TLS, every server's certificate
+over the servers (``client.channel.BALANCED_OPTIONS``). With TLS, every server's certificate
 is checked against one name, the first entry's host (or the ``dns:`` name): a channel has one
-authority. No Chainer here.
+authority.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class Servers:
 
     target: str  # what gRPC dials
     address: str  # what messages show: "127.0.0.1:8001", "a:8001,b:8001" or "dns:///name:8001"
-    balanced: bool  # several servers: round_robin, failover to the others (client_channel.BALANCED_OPTIONS)
+    balanced: bool  # several servers: round_robin, failover to the others (client.channel.BALANCED_OPTIONS)
     tls_name: str  # the name every server's certificate must hold
-    probes: tuple[tuple[str, int], ...]  # where a TLS handshake may be tried (client_channel.speaks_tls)
+    probes: tuple[tuple[str, int], ...]  # where a TLS handshake may be tried (client.channel.speaks_tls)
 
     @property
     def tls_override(self) -> str | None:

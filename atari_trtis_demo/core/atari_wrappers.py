@@ -50,10 +50,6 @@ class LazyFrames:
         first = self._frames[0]
         return (len(self._frames) * first.shape[0],) + first.shape[1:]
 
-    def frame(self, i: int) -> np.ndarray:
-        """The i-th (84, 84) frame, oldest first, without building the stack."""
-        return self._frames[i][0]
-
 
 class NoopReset(gym.Wrapper):
     """On reset, take a random number (1..noop_max) of no-op frames."""

@@ -12,8 +12,6 @@ temporary names, for a target ``<name>``:
 A process killed (kill -9, power loss) before the first rename leaves a ``.tmp-``
 directory; one killed between the two renames leaves the old directory only under
 its ``.old-`` name: :func:`recover_interrupted_swap` brings it back.
-
-No Chainer here.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every agent directory this project writes has ``agent_state.json`` with ``"env_id"``;
 the converter copies it into ``config.pbtxt`` as the parameter ``env_id``, which the
 remote player reads back from the server. Stock ChainerRL directories record none.
-No Chainer here: the players read it too.
+The players read it too.
 """
 
 from __future__ import annotations

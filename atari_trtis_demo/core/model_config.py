@@ -4,8 +4,7 @@
 :mod:`atari_trtis_demo.kserve`, the same one ``read_repository`` and the Triton twin
 parse) and prints it with ``text_format`` under a short header. The converter signs
 what it writes (:func:`sign_config`), so that a config edited by hand afterwards is
-kept unless ``--force`` (:func:`check_config_replaceable`). Split from
-:mod:`atari_trtis_demo.core.model_repository` (which re-exports these). No Chainer here.
+kept unless ``--force`` (:func:`check_config_replaceable`).
 """
 
 from __future__ import annotations

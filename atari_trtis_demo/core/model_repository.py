@@ -2,7 +2,7 @@
 
 The converter writes it (:func:`write_model_version`, with the config from
 :func:`atari_trtis_demo.core.model_config.render_config`), the server reads it
-(:func:`read_repository`). No Chainer here. Writes are atomic
+(:func:`read_repository`). Writes are atomic
 (:mod:`atari_trtis_demo.core.atomic`): a failed conversion leaves the repository as it
 was, and a config never points to a version that is not fully written.
 """

@@ -4,7 +4,7 @@ Each cell is a game's ALE screen scaled alike (nearest neighbour) with its numbe
 score in a strip above it, a small gap between cells, the grid sized to fit the screen;
 the bar below the grid shows the aggregate figures (agent steps/s, requests/s, round-trip
 latency). Keys, pause, the game-over screen, screenshots and recordings behave as in the one-game window
-(:class:`~atari_trtis_demo.play.screen.Screen`, whose methods this reuses). No Chainer here.
+(:class:`~atari_trtis_demo.play.screen.Screen`, whose methods this reuses).
 """
 
 from __future__ import annotations

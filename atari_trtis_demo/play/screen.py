@@ -1,6 +1,6 @@
 """The pygame window (or, headless, an off-screen surface), its overlay, and recordings of it.
 
-No Chainer here, and pygame is imported only when something is drawn.
+pygame is imported only when something is drawn.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ GAME OVER). :func:`encode` packs the cells side by side in a grid (the page scal
 and draws the gaps, labels and text) and makes one message: a 4-byte big-endian length,
 a JSON header, then the image. PNG (lossless: Atari pixels stay sharp) up to a few
 screens; JPEG above, where PNG costs 6-12 ms of CPU per grid of 16 screens and JPEG
-about 1 ms (docs/play.md). cv2 encodes: the players already need it. No Chainer here.
+about 1 ms (docs/play.md). cv2 encodes: the players already need it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ Who may watch: a loopback page answers only requests addressed to a loopback nam
 web site cannot reach it through DNS rebinding), a websocket opened by another site's
 page (its ``Origin``) is refused, and with ``ATARI_DEMO_KEY`` the websocket needs the
 key (``?key=``; wrong or missing: closed with code 4401, and the page asks for it).
-No Chainer here.
 """
 
 from __future__ import annotations

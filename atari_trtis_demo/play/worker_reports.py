@@ -1,8 +1,9 @@
 """What a ``--workers`` worker sends back of its games, and the parent's one result of them all.
 
-Split from :mod:`atari_trtis_demo.play.play_workers` (the processes): these are the plain
+The plain
 records that cross the pipe and their merge into one :class:`PlayResult`, in game order,
-as one process would have reported the same games. No Chainer here.
+as one process would have reported the same games (the processes are
+:mod:`atari_trtis_demo.play.play_workers`').
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ under a seccomp filter that answers an ``fchmod`` granting group or other bits w
 without doing it: the region keeps the mode the umask gave it, 0600. Nothing else is
 filtered; ``fchmod`` to owner-only modes (onnxruntime's 0700) runs as before.
 
-Called in the child between fork and exec (:func:`restrict_to_owner`). No Chainer here.
+Called in the child between fork and exec (:func:`restrict_to_owner`).
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ On gRPC this Triton prefixes the header: the metadata key it checks is
 the header itself. A missing or wrong gRPC header is ``UNAVAILABLE`` with the details
 ``This protocol is restricted, expecting header 'triton-grpc-protocol-<header>'``; over
 HTTP it is ``403`` with ``{"error":"This API is restricted, expecting header '<header>'"}``.
-
-No Chainer here.
 """
 
 from __future__ import annotations
@@ -50,12 +48,6 @@ PLAYER_PROTOCOLS = ("metadata", "model-config", "inference", "statistics")
 def grpc_metadata(header: str, value: str) -> tuple[str, str]:
     """The gRPC metadata pair Triton checks for ``header``: ``triton-grpc-protocol-<header>``."""
     return (GRPC_HEADER_PREFIX + header, value)
-
-
-def player_metadata(environ: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """What a player sends on every gRPC call: the players' key from ``ATARI_DEMO_KEY``, or nothing when unset."""
-    key = (os.environ if environ is None else environ).get(PLAYER_KEY_ENV)
-    return [grpc_metadata(PLAYER_HEADER, key)] if key else []
 
 
 @dataclass(frozen=True)

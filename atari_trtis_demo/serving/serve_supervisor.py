@@ -9,8 +9,6 @@ for :data:`WEDGED_AFTER_S` (stopped, deadlocked, blocked on a full pipe) serves 
 either: it is killed and restarted the same way, and counts as a death. Five deaths within
 five minutes mean something is wrong that restarting will not fix: it stops with one
 ``error:`` line and exit code 1.
-
-No Chainer here.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ twin (:func:`prepare_twin_repository`) that runs the very same ``model.onnx`` wi
 onnxruntime on the CPU (``triton_twin_model.py``, copied into each version), keeping
 its name, inputs, outputs, batch size and dynamic batching. The wheel's own files are
 found here too (:func:`pytriton_dir`, :func:`prepare_python_backend`,
-:func:`server_environment`). No Chainer here.
+:func:`server_environment`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 
 TWIN_SOURCE = Path(__file__).with_name("triton_twin_model.py")
 TWIN_FILENAME = DEFAULT_FILENAMES["python"]
-# How many times the model's max_batch_size Triton may put into one execution of the twin.
-# Until this step the twin declared 2**24, and a stream flood made batches of 8,000-18,000
-# (8 GB). 4 rather than 1: under a flood on 2 shared cores, fewer, larger executions (fewer
-# wake-ups of the stub process) drained the backlog within 5 s of the flood's end where 1
-# often did not (docs/serving.md, "A stream flood"). The twin still runs onnxruntime on at
-# most the model's limit at once and refuses any request larger than it.
+# How many times the model's max_batch_size Triton may put into one execution of the twin:
+# bounded, so that a stream flood cannot make one huge batch, and 4 rather than 1 because
+# fewer, larger executions (fewer wake-ups of the stub process) drain a flood's backlog
+# sooner (docs/serving.md, "A stream flood"). The twin still runs onnxruntime on at most
+# the model's limit at once and refuses any request larger than it.
 TWIN_BATCH_FACTOR = 4
 # The twin's onnxruntime session (triton_twin_model.session_options). onnxruntime's
 # intra-op threads spin-wait after each run by default: in a server that shares its
@@ -79,15 +78,11 @@ def twin_config(model: RepositoryModel) -> str:
         text += f"input {{\n  name: {_quoted(tensor.name)}\n  data_type: {pb.DataType.Name(tensor.data_type)}\n"
         text += f"  dims: {_dims(tensor.dims)}\n"
         if twin.max_batch_size > 0:
-            # Triton 2.51 keeps a request's batch size in 32 bits: a declared batch of 2**62
-            # (or 2**32) becomes 0, and the request reaches the backend without its batch
-            # dimension. The dynamic batcher counts it as 1, but the python backend sums the
-            # first dimension of every request of an execution, counted 4 (the frame stack)
-            # for it, and failed the whole batch once that sum passed max_batch_size. With
-            # this reshape the first dimension such a request shows is this 1, the batcher's
-            # and the backend's sums agree, and the twin, not the backend, refuses it alone
-            # (its shape lacks the batch dimension). Well-formed requests arrive as
-            # [n, 1, *dims] and are run as [n, *dims]: the same bytes, no copy.
+            # A request whose declared batch overflows Triton's 32-bit batch size arrives
+            # without its batch dimension; with this leading 1 it cannot fail the other
+            # requests of its execution, and the twin refuses it alone (docs/serving.md, "Why
+            # the twin has to"). Well-formed requests arrive as [n, 1, *dims] and run as
+            # [n, *dims]: the same bytes, no copy.
             text += f"  reshape {{ shape: {_dims([1, *tensor.dims])} }}\n"
         text += "}\n"
     if batching is not None:
