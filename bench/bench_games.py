@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from player_child import PLAY_LINE, measured_play
 
 from atari_trtis_demo.convert.convert_config import ConvertOptions
 from atari_trtis_demo.convert.onnx_export import convert
@@ -73,16 +74,8 @@ def measured(self, play=pl.PlayLoop.play):
                 g.start_episode()
     time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
     print("bench: play begins", flush=True)
-    start = cpu()
-    try:
-        play(self)
-    finally:
-        print(f"bench: client CPU in play {cpu() - start:.3f} s", flush=True)
-pl.PlayLoop.play = measured
-sys.exit(remote_main(sys.argv[3:]))
-"""
+""" + measured_play(first_flag=3)
 WORKERS_LINE = re.compile(r"worker processes: client CPU in play ([0-9.]+) s")
-PLAY_LINE = re.compile(r"^bench: client CPU in play ([0-9.]+) s", re.MULTILINE)
 
 
 def floor_ms(game: str, onnx_file: Path, games: int, batch: int, steps: int = 150) -> tuple[float, float]:

@@ -29,13 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from player_child import PLAY_LINE, measured_play
 
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.serving.serve import serving
@@ -56,14 +57,7 @@ def measured(self, play=pl.PlayLoop.play):
     server = getattr(self.screen, "server", None)
     while server is not None and server.viewer_count < viewers:
         time.sleep(0.01)
-    start = cpu()
-    try:
-        play(self)
-    finally:
-        print(f"bench: client CPU in play {cpu() - start:.3f} s", flush=True)
-pl.PlayLoop.play = measured
-sys.exit(remote_main(sys.argv[2:]))
-"""
+""" + measured_play(first_flag=2)
 # argv[2] viewers of the page at argv[1], each acknowledging every picture as the page does once drawn. They do
 # not decode: a page decodes on its viewer's machine, and here it would take this machine's 2 cores from play.
 VIEWERS = """import asyncio, json, sys, time
@@ -89,7 +83,6 @@ async def main():
         print(json.dumps(await asyncio.gather(*(viewer(session, sys.argv[1]) for _ in range(int(sys.argv[2]))))))
 asyncio.run(main())
 """
-PLAY_LINE = re.compile(r"^bench: client CPU in play ([0-9.]+) s", re.MULTILINE)
 SIDES = {"headless": None, "web, 0 viewers": 0, "web, 1 viewer": 1, "web, 4 viewers": 4}
 
 

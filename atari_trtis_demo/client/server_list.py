@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from dataclasses import dataclass
 
 from atari_trtis_demo.client.channel import grpc_target, host_and_port
 from atari_trtis_demo.client.errors import ServerUnavailable
+from atari_trtis_demo.core.addresses import ip_addresses
 from atari_trtis_demo.core.errors import UserError
 
 # dns:[//AUTHORITY/]HOST[:PORT], as gRPC's dns resolver takes it.
@@ -72,14 +72,9 @@ def split_entry(entry: str, port: int, spec: str) -> tuple[str, int]:
 def resolve(host: str, port: int, spec: str) -> list[str]:
     """The IP addresses of ``host`` (an IP literal: itself), in the resolver's order, without repeats."""
     try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return ip_addresses(host, port)
     except OSError as e:
         raise ServerUnavailable(f"--host {spec}: cannot resolve '{host}' ({e.strerror or e})") from None
-    return list(dict.fromkeys(str(info[4][0]) for info in found))
 
 
 def list_target(entries: list[tuple[str, int]], spec: str) -> str:

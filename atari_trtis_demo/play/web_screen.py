@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from atari_trtis_demo.play.play_config import REAL_TIME_FPS
-from atari_trtis_demo.play.screen import RECORD_EVERY, View, write_recording
+from atari_trtis_demo.play.screen import PAUSE, QUIT, RECORD_EVERY, Controls, View, write_recording
 from atari_trtis_demo.play.web_address import WebAddress, parse_web_address
 from atari_trtis_demo.play.web_frames import Picture, grid_columns, mosaic
-from atari_trtis_demo.play.web_server import OTHER_KEY, PAUSE, QUIT, WebServer
+from atari_trtis_demo.play.web_server import OTHER_KEY, WebServer
 
 # Overlay lines of the grid that are warnings (shown in red on the page, as the window's warning is).
 PAUSED = ("PAUSED", "P or Space: resume   Esc or Q: quit")
@@ -30,7 +30,7 @@ PAUSED = ("PAUSED", "P or Space: resume   Esc or Q: quit")
 IDLE_DRAW_SECONDS = 1.0
 
 
-class WebScreen:
+class WebScreen(Controls):
     """The page at ``address`` (``--web``); prints the URL to open. See the module's doc."""
 
     def __init__(
@@ -101,22 +101,6 @@ class WebScreen:
                 asked.append(commands.get_nowait())
         except queue.Empty:
             return asked
-
-    def player_quit(self) -> bool:
-        """Handle the keys pressed since the last call; True when a viewer asked to end play.
-
-        P or Space pauses right here until resumed (the time adds to ``paused_seconds``).
-        """
-        for command in self.commands():
-            if command == PAUSE:
-                pause_start = time.perf_counter()
-                resumed = self.wait_while_paused()
-                self.paused_seconds += time.perf_counter() - pause_start
-                if not resumed:
-                    return True
-            elif command == QUIT:
-                return True
-        return False
 
     def wait_while_paused(self) -> bool:
         """Show PAUSED until P or Space again; False when a viewer quit meanwhile."""

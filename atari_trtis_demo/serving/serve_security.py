@@ -30,6 +30,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from atari_trtis_demo.core.addresses import ip_addresses
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import (
     ADMIN_HEADER,
@@ -108,16 +109,10 @@ def numeric_address(address: str) -> str:
     Triton's HTTP server parses its address with inet_addr: a host name such as
     ``localhost`` does not parse and it listened on 255.255.255.255 instead.
     """
-    bare = address.strip("[]")
     try:
-        return str(ipaddress.ip_address(bare))
-    except ValueError:
-        pass
-    try:
-        found = socket.getaddrinfo(bare, None, type=socket.SOCK_STREAM)
+        return ip_addresses(address.strip("[]"))[0]
     except OSError as e:
         raise UserError(f"--address {address}: cannot resolve it ({e.strerror})") from None
-    return str(found[0][4][0])
 
 
 def triton_address(address: str) -> str:

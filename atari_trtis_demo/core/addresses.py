@@ -1,0 +1,19 @@
+"""Host names to IP addresses, for the player's ``--host`` and serve's ``--address`` alike."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+
+def ip_addresses(host: str, port: int | None = None) -> list[str]:
+    """The IP addresses of ``host`` (an IP literal: itself), in the resolver's order, without repeats.
+
+    Raises OSError when the name does not resolve; each command words that for its own flag.
+    """
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
