@@ -186,13 +186,8 @@ def unwritable_repository(model_dir: Path, repo: Path, agent: Path) -> tuple[Pat
 
 @pytest.mark.parametrize(
     "bad_input",
-    [
-        pytest.param(missing_dir, id="missing-dir"),
-        pytest.param(missing_npz, id="missing-npz"),
-        pytest.param(corrupt_npz, id="corrupt-npz"),
-        pytest.param(not_nature_dqn, id="not-nature-dqn"),
-        pytest.param(unwritable_repository, id="unwritable"),
-    ],
+    [missing_dir, missing_npz, corrupt_npz, not_nature_dqn, unwritable_repository],
+    ids=lambda case: case.__name__,
 )
 def test_bad_input_is_one_line_and_leaves_the_repository_untouched(
     bad_input, breakout_agent: Path, tmp_path: Path

@@ -325,15 +325,8 @@ def resume_empty(tmp_path: Path, run: list[str]) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize(
     "bad_input",
-    [
-        pytest.param(unknown_env, id="unknown-env"),
-        pytest.param(missing_load, id="missing-load"),
-        pytest.param(corrupt_model, id="corrupt-model"),
-        pytest.param(wrong_action_count, id="wrong-action-count"),
-        pytest.param(not_nature_dqn, id="not-nature-dqn"),
-        pytest.param(gpu_without_cuda, id="gpu"),
-        pytest.param(resume_empty, id="resume-empty"),
-    ],
+    [unknown_env, missing_load, corrupt_model, wrong_action_count, not_nature_dqn, gpu_without_cuda, resume_empty],
+    ids=lambda case: case.__name__,
 )
 def test_bad_input_is_one_clear_line(bad_input, tmp_path: Path) -> None:
     args, expect = bad_input(tmp_path, ["--gpu", "-1", "--steps", "10", "--outdir", str(tmp_path / "out")])
