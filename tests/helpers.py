@@ -153,7 +153,7 @@ def start_serve(
 def wait_for_answers(server: Any, model: str, n: int, timeout: float = 120) -> None:
     """Until ``server`` (a serve command's or ``serving``'s) has answered ``n`` inference requests for
     ``model`` in all, by Triton's own counter: play is under way against it."""
-    from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics, wait_for_metrics
+    from triton_stats import metrics_url, read_metrics, wait_for_metrics
 
     url = metrics_url(getattr(server, "address", "127.0.0.1"), server.metrics_port)
     wait_for_metrics(url)

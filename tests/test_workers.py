@@ -15,11 +15,11 @@ import grpc
 import numpy as np
 import pytest
 from helpers import REMOTE, FakeAtariModel, free_ports, one_error_line, run_command, start_command
+from triton_stats import delta, metrics_url, read_metrics
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from atari_trtis_demo.play.play_workers import shares
-from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 
 PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
              "staleness_steps", "fallback_switches", "error", "stopped_by_user", "outage", "games",
