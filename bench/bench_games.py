@@ -44,12 +44,12 @@ from pathlib import Path
 
 import numpy as np
 from player_child import PLAY_LINE, measured_play
+from triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
 
 from atari_trtis_demo.convert.convert_config import ConvertOptions
 from atari_trtis_demo.convert.onnx_export import convert
 from atari_trtis_demo.serving.serve import serving
 from atari_trtis_demo.serving.triton_process import TritonServer
-from atari_trtis_demo.serving.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
 from atari_trtis_demo.train.agent import make_agent
 
 ROOT = Path(__file__).resolve().parents[1]

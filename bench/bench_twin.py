@@ -48,6 +48,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
 
 from atari_trtis_demo.client.errors import ModelNotReady, ServerUnavailable
 from atari_trtis_demo.client.inference_client import InferenceClient
@@ -56,7 +57,6 @@ from atari_trtis_demo.core.model_repository import read_repository
 from atari_trtis_demo.serving import triton_twin
 from atari_trtis_demo.serving.serve import serving
 from atari_trtis_demo.serving.triton_process import TritonServer
-from atari_trtis_demo.serving.triton_stats import ServerBreakdown, delta, metrics_url, read_metrics, wait_for_metrics
 from atari_trtis_demo.train.agent import make_agent
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,16 +150,28 @@ def start_serve(
     raise AssertionError(f"serve did not start (exit {proc.returncode}): {lines} {errors[-2000:]}")
 
 
-def wait_for_answers(server: Any, model: str, n: int, timeout: float = 120) -> None:
-    """Until ``server`` (a serve command's or ``serving``'s) has answered ``n`` inference requests for
-    ``model`` in all, by Triton's own counter: play is under way against it."""
-    from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics, wait_for_metrics
+def answers(server: Any, model: str) -> float:
+    """The inference requests for ``model`` that ``server`` (a serve command's or ``serving``'s) has answered so
+    far, by Triton's own counter (its metrics endpoint, waited for: Triton opens it after its other ports)."""
+    from triton_stats import metrics_url, wait_for_metrics
 
     url = metrics_url(getattr(server, "address", "127.0.0.1"), server.metrics_port)
-    wait_for_metrics(url)
+    return wait_for_metrics(url, model)["nv_inference_request_success"]
+
+
+def wait_for_answers(
+    server: Any, model: str, n: float, timeout: float = 120, player: Player | subprocess.Popen | None = None
+) -> None:
+    """Until ``server`` has answered ``n`` inference requests for ``model`` in all (:func:`answers`): play is
+    under way against it. ``player``: the player that should be asking, whose end fails the wait at once."""
     deadline = time.monotonic() + timeout
-    while (answered := read_metrics(url, model)["nv_inference_request_success"]) < n:
-        assert time.monotonic() < deadline, f"{answered:g} answers of {n} within {timeout} s"
+    while (answered := answers(server, model)) < n:
+        if player is not None:
+            proc = player.proc if isinstance(player, Player) else player
+            if proc.poll() is not None:
+                output = player.finish() if isinstance(player, Player) else proc.communicate(timeout=60)
+                raise AssertionError(f"the player ended after {answered:g} answers of {n:g}: {output}")
+        assert time.monotonic() < deadline, f"{answered:g} answers of {n:g} within {timeout} s"
         time.sleep(0.1)
 
 

@@ -19,11 +19,11 @@ import kubernetes_validate
 import pytest
 import yaml
 from helpers import ROOT
+from triton_stats import COUNTERS
 
 from atari_trtis_demo.core.keys import PLAYER_KEY_ENV
 from atari_trtis_demo.serving.serve import build_parser, policy_flags
 from atari_trtis_demo.serving.serve_security import Access
-from atari_trtis_demo.serving.triton_stats import COUNTERS
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
 # The oldest release these manifests claim (docs/scaling.md) and the newest the validator knows.
@@ -139,7 +139,7 @@ def test_services_budget_and_autoscaler_point_at_the_deployment(name: str) -> No
     (rules,) = found["ConfigMap"]
     (rule,) = yaml.safe_load(rules["data"]["config.yaml"])["rules"]
     assert rule["name"]["as"] == autoscaler["spec"]["metrics"][0]["pods"]["metric"]["name"]
-    # The rule reads counters this project reads from a real Triton's metrics (serving/triton_stats.py).
+    # The rule reads counters this project reads from a real Triton's metrics (bench/triton_stats.py).
     assert "nv_inference_queue_duration_us" in COUNTERS and "nv_inference_request_success" in COUNTERS
     assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
     assert "nv_inference_request_success" in rule["metricsQuery"]

@@ -11,6 +11,7 @@ import numpy as np
 import pygame
 import pytest
 from helpers import REMOTE, Player, free_ports, one_error_line, run_command, wait_for_answers
+from triton_stats import delta, metrics_url, read_metrics
 
 from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.play.grid_screen import GAP, LABEL_HEIGHT, MIN_WIDTH, GridScreen
@@ -18,7 +19,6 @@ from atari_trtis_demo.play.play_config import PlayConfig
 from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.play_result import evaluation_summary
 from atari_trtis_demo.play.policies import RemotePolicy
-from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 ENV_ID = "BreakoutNoFrameskip-v4"

@@ -32,6 +32,7 @@ from helpers import (
     serving_on_free_ports,
     start_serve,
 )
+from triton_stats import metrics_url, read_metrics
 
 from atari_trtis_demo.client.channel import grpc_target, loopback_host, player_key
 from atari_trtis_demo.client.inference_client import InferenceClient
@@ -40,7 +41,6 @@ from atari_trtis_demo.core.keys import MAX_KEY_LENGTH, check_key
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from atari_trtis_demo.serving.serve_security import Access, check_repository_files
-from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics
 from atari_trtis_demo.serving.triton_workdir import (
     OWNER_FILE,
     SHM_DIR,

@@ -101,9 +101,10 @@ def test_async_play_at_the_real_time_pace_applies_the_previous_steps_answer(serv
 
 
 def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
+    """Against a server that takes 50 ms an answer, sync play waits for each one; async plays on with the last
+    answer while the next is in flight. How much faster that is, is bench/ material, not a unit test's."""
     from atari_trtis_demo.client.inference_client import InferenceClient
 
-    rates = {}
     for sync in (True, False):
         with InferenceClient("127.0.0.1", server.grpc_port, "slow") as client:
             result = play_games(RemotePolicy(client), 1, PlayConfig(sync=sync, headless=True, max_steps=60, fps=0))
@@ -111,8 +112,8 @@ def test_async_player_keeps_its_pace_with_a_slow_server(server) -> None:
         if sync:
             assert result.requests == result.steps == result.latency["count"]
             assert result.latency["median_ms"] >= 50
-        rates[sync] = result.steps_per_second
-    assert rates[False] >= 3 * rates[True], rates
+        else:  # a step does not wait for an answer: one request in flight while the game plays on
+            assert result.requests < result.steps, (result.requests, result.latency)
 
 
 def test_window_shows_the_game_scaled(agents: dict[str, Path], tmp_path: Path) -> None:
@@ -199,7 +200,7 @@ def test_server_dying_mid_game(agents: dict[str, Path], tmp_path: Path, fallback
         )
         # A server shutting down unloads its models first (NOT_FOUND): not the player's fault.
         assert "refused" not in line, line
-        assert "requests" in out and len(figures["episodes"]) < 1000, "the statistics so far are printed"
+        assert "requests" in out and figures["error"], "the statistics so far, and the failure that ended play"
 
 
 class FlakyPolicy(Policy):

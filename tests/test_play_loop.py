@@ -22,6 +22,7 @@ from helpers import (
     one_error_line,
     run_command,
     serving_on_free_ports,
+    wait_for_answers,
 )
 
 from atari_trtis_demo.client.errors import ServerUnavailable
@@ -139,7 +140,7 @@ def test_sync_player_rides_out_a_server_restart(repository: Path, tmp_path: Path
             "10", "--max-steps", "30", "--timeout", "2", "--reconnect", "90", "--json", str(stats)]  # fmt: skip
     with serving_on_free_ports(repository, grpc_port) as first:
         player = Player(*args)
-        time.sleep(5)
+        wait_for_answers(first, "atari", 30, player=player)  # an episode's worth of answers: play is under way
         assert player.proc.poll() is None, player.finish()
         first.stop()
     player.wait_for("waiting up to 90 s for the server")
@@ -159,12 +160,15 @@ def test_players_give_up_after_reconnect_seconds_or_at_once_with_zero(repository
     with serving_on_free_ports(repository) as server:
         base = ["--host", "127.0.0.1", "--port", str(server.grpc_port), "--headless", "--fps", "15",
                 "--episodes", "1000", "--max-steps", "30", "--timeout", "2"]  # fmt: skip
+        # A model each (the session repository's three), so that Triton's count per model shows each one in play.
+        models = {"sync": "atari", "async": "pong", "zero": "slow"}
         players = {
-            "sync": Player(*base, "--sync", "--reconnect", "3"),
-            "async": Player(*base, "--reconnect", "3"),
-            "zero": Player(*base, "--sync", "--reconnect", "0"),
+            "sync": Player(*base, "--model", models["sync"], "--sync", "--reconnect", "3"),
+            "async": Player(*base, "--model", models["async"], "--reconnect", "3"),
+            "zero": Player(*base, "--model", models["zero"], "--sync", "--reconnect", "0"),
         }
-        time.sleep(5)
+        for name, player in players.items():
+            wait_for_answers(server, models[name], 15, player=player)
         stopped = time.monotonic()
         server.stop()
         results = {name: p.finish(timeout=60) for name, p in players.items()}
@@ -299,10 +303,12 @@ class AwayPolicy(RandomPolicy):
         super().__init__()
         self.away = False
         self.calls = 0
+        self.failed_since: float | None = None  # when the first call failed (time.monotonic)
 
     def q_values(self, frames: np.ndarray) -> np.ndarray:
         self.calls += 1
         if self.away:
+            self.failed_since = self.failed_since or time.monotonic()
             raise ServerUnavailable("cannot connect to 127.0.0.1:1 (UNAVAILABLE: test)")
         return super().q_values(frames)
 
@@ -311,17 +317,27 @@ def test_esc_works_while_a_sync_game_waits_for_the_server() -> None:
     import pygame
 
     policy = AwayPolicy()
+    waited: list[str] = []
 
     def script() -> None:
         while policy.calls < 10:
             time.sleep(0.02)
         policy.away = True
-        time.sleep(1.5)
+        away_at = policy.calls  # every call after this one fails
+        # Esc once the game has asked again at least 10 times and the outage is over a second old (both
+        # asserted below); within --reconnect 30 or the test says so.
+        deadline = time.monotonic() + 25
+        while policy.calls < away_at + 10 or time.monotonic() - (policy.failed_since or time.monotonic()) < 1.2:
+            if time.monotonic() > deadline:
+                waited.append(f"{policy.calls - away_at} calls since the server went away, within 25 s")
+                break
+            time.sleep(0.02)
         pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0, unicode="", scancode=0))
 
     threading.Thread(target=script, daemon=True).start()
     started = time.perf_counter()
     result = play_games(policy, 1, PlayConfig(sync=True, fps=15, max_steps=1000, reconnect=30))
+    assert not waited, waited
     assert result.stopped_by_user and result.error is None and time.perf_counter() - started < 10
     assert 10 <= result.steps <= 12, "no step without an answer"
     assert result.outage.outages == 1 and result.outage.requests_failed >= 10, "retried at the pace meanwhile"

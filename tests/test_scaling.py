@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from helpers import REMOTE, SERVE, FakeAtariModel, Player, free_ports, one_error_line, run_command, start_command
+from triton_stats import metrics_url, read_metrics, wait_for_metrics
 
 from atari_trtis_demo.client.errors import KeyRefused, ServersDisagree, ServerUnavailable, TlsMismatch
 from atari_trtis_demo.client.inference_client import InferenceClient
@@ -33,7 +34,6 @@ from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import PLAYER_HEADER as KEY_HEADER
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
-from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics, wait_for_metrics
 
 FRAMES = np.zeros((4, 84, 84), np.float32)
 

@@ -28,6 +28,7 @@ from helpers import (
     command,
     command_env,
     free_ports,
+    run_command,
     start_serve,
     tritonserver_pid,
 )
@@ -213,10 +214,9 @@ def test_no_http_leaves_only_the_grpc_listener_and_players_play(repository: Path
         assert listening_ports(tritonserver_pid(workdir)) == {grpc_port}, "no HTTP, no metrics"
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", http), timeout=5)
-        played = subprocess.run(
-            command(REMOTE, "--port", str(grpc_port), "--sync", "--headless", "--fps", "0", "--max-steps", "20"),
-            capture_output=True, text=True, timeout=120, env=command_env(), cwd=ROOT,
-        )  # fmt: skip
+        played = run_command(
+            REMOTE, "--port", str(grpc_port), "--sync", "--headless", "--fps", "0", "--max-steps", "20", timeout=120
+        )
         assert played.returncode == 0, played.stderr[-2000:]
     finally:
         stop(proc)

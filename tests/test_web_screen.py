@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
-from helpers import REMOTE, STANDALONE, Player, free_ports, one_error_line, run_command, wait_for_answers
+from helpers import REMOTE, STANDALONE, Player, answers, free_ports, one_error_line, run_command, wait_for_answers
 
 from atari_trtis_demo.client.latency import LatencyStats
 from atari_trtis_demo.core.errors import UserError
@@ -267,9 +267,7 @@ def test_screenshot_and_record_keep_the_games_pixels(tmp_path: Path) -> None:
 
 def test_ctrl_c_ends_a_web_player_with_its_statistics(server) -> None:
     """src/app.py --web against the session's Triton: the URL printed, Ctrl-C ends play as in the window."""
-    from atari_trtis_demo.serving.triton_stats import metrics_url, read_metrics
-
-    before = read_metrics(metrics_url(server.address, server.metrics_port), "atari")["nv_inference_request_success"]
+    before = answers(server, "atari")
     player = Player("--host", "127.0.0.1", "--port", str(server.grpc_port), "--web", "127.0.0.1:0", "--games", "2")
     try:
         player.wait_for("watch the game at http://127.0.0.1:", timeout=120)

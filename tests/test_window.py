@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pygame
 import pytest
+from helpers import run_standalone
 
 from atari_trtis_demo.client.errors import ServerUnavailable
 from atari_trtis_demo.client.latency import LatencyStats
@@ -25,7 +26,6 @@ from atari_trtis_demo.play.play_loop import play_games
 from atari_trtis_demo.play.policies import FallbackPolicy, Policy
 
 os.environ["SDL_VIDEODRIVER"] = "dummy"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingPolicy(Policy):
@@ -179,9 +179,6 @@ def test_overlay_does_not_show_a_stale_round_trip_while_on_the_fallback() -> Non
 
 
 def test_standalone_player_is_synchronous_unless_asked(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     from atari_trtis_demo.train.agent import make_agent
 
     agent = tmp_path / "agent"
@@ -189,11 +186,7 @@ def test_standalone_player_is_synchronous_unless_asked(tmp_path: Path) -> None:
     modes = {}
     for flags in ([], ["--async"]):
         stats = tmp_path / "stats.json"
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "standalone_src" / "app.py"), "--modelpath", str(agent), "--headless",
-             "--fps", "0", "--max-steps", "30", "--json", str(stats), *flags],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "SDL_VIDEODRIVER": "dummy"},
-        )  # fmt: skip
+        result = run_standalone(agent, "--fps", "0", "--max-steps", "30", "--json", str(stats), *flags, timeout=120)
         assert result.returncode == 0, result.stderr
         modes[tuple(flags)] = json.loads(stats.read_text())["mode"]
     assert modes == {(): "sync", ("--async",): "async"}

@@ -14,12 +14,21 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import REMOTE, FakeAtariModel, free_ports, one_error_line, run_command, start_command
+from helpers import (
+    REMOTE,
+    FakeAtariModel,
+    answers,
+    free_ports,
+    one_error_line,
+    run_command,
+    start_command,
+    wait_for_answers,
+)
+from triton_stats import delta, metrics_url, read_metrics
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from atari_trtis_demo.play.play_workers import shares
-from atari_trtis_demo.serving.triton_stats import delta, metrics_url, read_metrics
 
 PLAY_KEYS = {"mode", "policy", "episodes", "steps", "seconds", "steps_per_second", "requests", "latency_ms",
              "staleness_steps", "fallback_switches", "error", "stopped_by_user", "outage", "games",
@@ -123,7 +132,7 @@ def test_workers_whose_server_dies_mid_play_end_in_one_line(repository: Path, tm
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         wait_for_play(player)
-        time.sleep(2)  # a few steps
+        wait_for_answers(server, "atari", answers(server, "atari") + 10, player=player)  # a few steps of each worker
     out, err = player.communicate(timeout=60)
     result = subprocess.CompletedProcess(player.args, player.returncode, out, err)
     one_error_line(result, "127.0.0.1", code=1)
@@ -171,7 +180,8 @@ def test_stopping_the_parent_leaves_no_worker_behind(batching_server, stop: int,
     workers = workers_of(player.pid)
     assert len(workers) == 2, children_of(player.pid)
     helpers = list(children_of(player.pid))
-    time.sleep(2)  # into play (15 steps/s): the statistics have something to say
+    # Into play: a few steps of each worker answered, so that the statistics have something to say.
+    wait_for_answers(batching_server, "atari", answers(batching_server, "atari") + 10, player=player)
     if group:  # as a terminal's Ctrl-C: every worker gets it too, and then the parent's own
         os.killpg(player.pid, stop)
     else:  # to the parent alone: it must stop its workers itself

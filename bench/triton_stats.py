@@ -3,7 +3,11 @@
 The project's gRPC proto subset has no ModelStatistics call, so the figures come from
 Prometheus text at ``http://<address>:<metrics_port>/metrics``. Every ``nv_inference_*``
 figure used here is a cumulative counter: take one snapshot before and one after, and
-:func:`delta` them. No Chainer here; standard library only.
+:func:`delta` them.
+
+Only the benchmarks and the tests read these figures, so this module sits in ``bench/``, not in
+the package: a benchmark run as ``python bench/x.py`` has ``bench/`` on ``sys.path``, and pytest
+adds it (``pythonpath`` in pyproject.toml); both import it as ``triton_stats``.
 """
 
 from __future__ import annotations
