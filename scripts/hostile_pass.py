@@ -29,12 +29,14 @@ import numpy as np
 
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import (
-    GRPCInferenceServiceServicer,
     GRPCInferenceServiceStub,
     add_GRPCInferenceServiceServicer_to_server,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the squatter is the suite's own (tests/helpers.py)
+from helpers import Squatter  # noqa: E402
+
 # Holds 20,000 connections to a port (raising its own open-file limit), reports, then waits for a
 # line on stdin and reports how many the server has closed since.
 HOLDER = r"""
@@ -149,45 +151,6 @@ def last_line(text: str) -> str:
     return (text.strip().splitlines() or [""])[-1][:220]
 
 
-class Squatter(GRPCInferenceServiceServicer):
-    """A local user's server on [::1] at serve's port: answers like the model, counts calls and keys."""
-
-    def __init__(self) -> None:
-        self.calls, self.keys = 0, set()
-
-    def _note(self, context) -> None:
-        self.calls += 1
-        self.keys |= {value[:12] for name, value in context.invocation_metadata() if "key" in name}
-
-    def ServerLive(self, request, context):
-        self._note(context)
-        return pb.ServerLiveResponse(live=True)
-
-    def ServerReady(self, request, context):
-        self._note(context)
-        return pb.ServerReadyResponse(ready=True)
-
-    def ModelReady(self, request, context):
-        self._note(context)
-        return pb.ModelReadyResponse(ready=True)
-
-    def ModelMetadata(self, request, context):
-        self._note(context)
-        tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(
-            name="atari",
-            inputs=[tensor(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
-            outputs=[tensor(name="action", datatype="FP32", shape=[-1, 4])],
-        )
-
-    def ModelInfer(self, request, context):
-        self._note(context)
-        response = pb.ModelInferResponse(model_name="atari", id=request.id)
-        response.outputs.add(name="action", datatype="FP32", shape=[1, 4])
-        response.raw_output_contents.append(np.zeros((1, 4), "<f4").tobytes())
-        return response
-
-
 def squatter(p: Pass) -> None:
     proc, _, _ = p.serve(0)
     spy = Squatter()
@@ -197,9 +160,9 @@ def squatter(p: Pass) -> None:
     fake.start()
     try:
         played = p.play(0, "--sync", "--fps", "0", "--max-steps", "60", env={"ATARI_DEMO_KEY": "s3cret-key"})
+        keys = sorted({key[:12] for key in spy.keys})
         p.say(
-            "squatter",
-            f"a default player: exit {played.returncode}; the squatter got {spy.calls} calls, keys {sorted(spy.keys)}",
+            "squatter", f"a default player: exit {played.returncode}; the squatter got {spy.calls} calls, keys {keys}"
         )
     finally:
         fake.stop(0)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceServicer
 
@@ -297,6 +299,29 @@ class FakeAtariModel(GRPCInferenceServiceServicer):
             inputs=[tensor(name="input", datatype="FP32", shape=[-1, 4, 84, 84])],
             outputs=[tensor(name="action", datatype="FP32", shape=[-1, self.n_actions])],
         )
+
+
+class Squatter(FakeAtariModel):
+    """A local user's KServe v2 server on [::1] at serve's port: it counts every call and keeps the keys sent."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.keys: list[str] = []
+
+    def check_call(self, context) -> None:
+        self.calls += 1
+        self.keys += [value for name, value in context.invocation_metadata() if "key" in name]
+
+    def ServerLive(self, request, context):
+        self.check_call(context)
+        return super().ServerLive(request, context)
+
+    def ModelInfer(self, request, context):
+        self.check_call(context)
+        response = pb.ModelInferResponse(model_name="atari", id=request.id)
+        response.outputs.add(name="action", datatype="FP32", shape=[1, 4])
+        response.raw_output_contents.append(np.zeros((1, 4), "<f4").tobytes())
+        return response
 
 
 class Player:

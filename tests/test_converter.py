@@ -250,18 +250,17 @@ def test_library_refuses_bad_model_names_before_writing(tmp_path: Path) -> None:
         assert f'name: "{name}"' in render_config(name, 4)
 
 
+# Each flag and the out-of-range values it must refuse.
+CONVERT_OUT_OF_RANGE = {
+    "--version": ["0", "-3", "two"],
+    "--max-batch-size": ["0", "5000"],
+    "--instance-count": ["0", "65"],
+    "--gpu": ["-2"],
+}
+
+
 @pytest.mark.parametrize(
-    ("flag", "value"),
-    [
-        pytest.param("--version", "0", id="version-0"),
-        pytest.param("--version", "-3", id="version-negative"),
-        pytest.param("--version", "two", id="version-not-int"),
-        pytest.param("--max-batch-size", "0", id="max-batch-size-0"),
-        pytest.param("--max-batch-size", "5000", id="max-batch-size-huge"),
-        pytest.param("--instance-count", "0", id="instance-count-0"),
-        pytest.param("--instance-count", "65", id="instance-count-huge"),
-        pytest.param("--gpu", "-2", id="gpu-below-cpu"),
-    ],
+    ("flag", "value"), [(flag, value) for flag, values in CONVERT_OUT_OF_RANGE.items() for value in values]
 )
 def test_numeric_flag_out_of_range_is_one_line_before_any_work(flag: str, value: str, tmp_path: Path) -> None:
     # The agent directory does not exist: a range check that ran after conversion began

@@ -25,7 +25,7 @@ import pytest
 from helpers import (
     REMOTE,
     SERVE,
-    FakeAtariModel,
+    Squatter,
     free_ports,
     one_error_line,
     run_command,
@@ -38,7 +38,6 @@ from atari_trtis_demo.client.channel import grpc_target, loopback_host, player_k
 from atari_trtis_demo.client.inference_client import InferenceClient
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import MAX_KEY_LENGTH, check_key
-from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from atari_trtis_demo.serving.serve_security import Access, check_repository_files
 from atari_trtis_demo.serving.triton_workdir import (
@@ -53,29 +52,6 @@ KEY_ENV = "ATARI_DEMO_KEY"
 
 
 # --- 1: the player talks to no address serve does not own ------------------------------------------------------
-
-
-class Squatter(FakeAtariModel):
-    """A local user's KServe v2 server on [::1] at serve's port: it counts every call and keeps the keys sent."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.keys: list[str] = []
-
-    def check_call(self, context) -> None:
-        self.calls += 1
-        self.keys += [value for name, value in context.invocation_metadata() if "key" in name]
-
-    def ServerLive(self, request, context):
-        self.check_call(context)
-        return super().ServerLive(request, context)
-
-    def ModelInfer(self, request, context):
-        self.check_call(context)
-        response = pb.ModelInferResponse(model_name="atari", id=request.id)
-        response.outputs.add(name="action", datatype="FP32", shape=[1, 4])
-        response.raw_output_contents.append(np.zeros((1, 4), "<f4").tobytes())
-        return response
 
 
 def test_a_squatter_on_ipv6_loopback_gets_no_call_from_a_default_or_localhost_player(server, tmp_path: Path) -> None:

@@ -334,24 +334,24 @@ def test_bad_input_is_one_clear_line(bad_input, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists(), "a refused run writes nothing"
 
 
+# Each flag and the out-of-range values it must refuse.
+TRAIN_OUT_OF_RANGE = {
+    "--seed": ["-1", str(2**31)],
+    "--gpu": ["-2"],
+    "--steps": ["0", "1e6"],
+    "--replay-start-size": ["31"],
+    "--eval-n-steps": ["0"],
+    "--eval-interval": ["-5"],
+    "--n-best-episodes": ["0"],
+    "--replay-capacity": ["0"],
+    "--checkpoint-freq": ["-1"],
+    "--final-exploration-steps": ["0"],
+    "--logging-level": ["99", "-1"],
+}
+
+
 @pytest.mark.parametrize(
-    ("flag", "value"),
-    [
-        pytest.param("--seed", "-1", id="seed-negative"),
-        pytest.param("--seed", str(2**31), id="seed-2**31"),
-        pytest.param("--gpu", "-2", id="gpu-below-cpu"),
-        pytest.param("--steps", "0", id="steps-0"),
-        pytest.param("--steps", "1e6", id="steps-not-int"),
-        pytest.param("--replay-start-size", "31", id="replay-start-size-below-minibatch"),
-        pytest.param("--eval-n-steps", "0", id="eval-n-steps-0"),
-        pytest.param("--eval-interval", "-5", id="eval-interval-negative"),
-        pytest.param("--n-best-episodes", "0", id="n-best-episodes-0"),
-        pytest.param("--replay-capacity", "0", id="replay-capacity-0"),
-        pytest.param("--checkpoint-freq", "-1", id="checkpoint-freq-negative"),
-        pytest.param("--final-exploration-steps", "0", id="final-exploration-steps-0"),
-        pytest.param("--logging-level", "99", id="logging-level-99"),
-        pytest.param("--logging-level", "-1", id="logging-level-negative"),
-    ],
+    ("flag", "value"), [(flag, value) for flag, values in TRAIN_OUT_OF_RANGE.items() for value in values]
 )
 def test_out_of_range_number_is_one_line_before_chainer_is_imported(flag: str, value: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
