@@ -10,7 +10,7 @@ every call carries the player's key; with ``tls_ca=`` the channel is TLS, verifi
 that root (:mod:`~atari_trtis_demo.client.channel`).
 
 Errors, and the exit code ``cli_args.run_cli`` gives them, are in
-:mod:`~atari_trtis_demo.client.errors` (re-exported here): :class:`InferenceError` and its
+:mod:`~atari_trtis_demo.client.errors`: :class:`InferenceError` and its
 subclasses are run-time failures (exit 1, the ones a fallback player plays through);
 :class:`KeyRefused` and :class:`TlsMismatch` are the player's setup (exit 2).
 """
