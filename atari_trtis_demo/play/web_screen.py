@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from atari_trtis_demo.play.controls import PAUSE, QUIT, Controls
 from atari_trtis_demo.play.play_config import REAL_TIME_FPS
-from atari_trtis_demo.play.screen import PAUSE, QUIT, RECORD_EVERY, Controls, View, write_recording
+from atari_trtis_demo.play.screen import RECORD_EVERY, View, write_recording
 from atari_trtis_demo.play.web_address import WebAddress, parse_web_address
 from atari_trtis_demo.play.web_frames import Picture, grid_columns, mosaic
 from atari_trtis_demo.play.web_server import OTHER_KEY, WebServer

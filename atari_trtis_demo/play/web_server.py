@@ -29,11 +29,11 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from atari_trtis_demo.core.errors import UserError
-from atari_trtis_demo.play.screen import PAUSE, QUIT
+from atari_trtis_demo.play.controls import PAUSE, QUIT
 from atari_trtis_demo.play.web_address import WebAddress, is_loopback
 from atari_trtis_demo.play.web_frames import Picture, encode
 
-OTHER_KEY = "key"  # a viewer's key press that asks for nothing (commands); the others: screen.QUIT, PAUSE
+OTHER_KEY = "key"  # a viewer's key press that asks for nothing (commands); the others: controls.QUIT, PAUSE
 KEYS = {"p": PAUSE, " ": PAUSE, "escape": QUIT, "q": QUIT}  # KeyboardEvent.key, lower case; any other: OTHER_KEY
 MAX_VIEWERS = 32
 MAX_COMMANDS = 64  # keys waiting for the play loop: more are dropped
