@@ -120,8 +120,9 @@ class PlayLoop:
                 config.env_id, size, epsilon=config.epsilon, seeds=seeds, fire_on_life_loss=config.fire_on_life_loss
             )
             self.banks.append(Bank(games, envs, self.round_trips))
-            remedy = "serve or load a model trained on this game (--env)"
-            check_action_count(self.policy.name, self.policy.n_actions, config.env_id, envs.n_actions, remedy)
+            if len(self.banks) == 1:  # every bank plays the same game: checked once, before the others load
+                remedy = "serve or load a model trained on this game (--env)"
+                check_action_count(self.policy.name, self.policy.n_actions, config.env_id, envs.n_actions, remedy)
             offset += size
             self.progress("creating", offset, since)
 
