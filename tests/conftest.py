@@ -107,12 +107,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def batching_server(agents: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """A Triton of its own serving the Breakout agent as 'atari' with the converter's defaults (batching on,
     max_batch_size 32), its metrics endpoint up: for many games at once."""
-    from triton_stats import metrics_url, wait_for_metrics
-
     from atari_trtis_demo.convert.onnx_export import convert
 
     repo = tmp_path_factory.mktemp("batching") / "trtismodel"
     convert(str(agents["breakout"]), repository=str(repo), name="atari", instance_kind="KIND_CPU")
-    with serving_on_free_ports(repo) as running:
-        wait_for_metrics(metrics_url(running.address, running.metrics_port))
+    with serving_on_free_ports(repo) as running:  # its metrics endpoint up
         yield running

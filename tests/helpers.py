@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,13 +219,20 @@ def tree_digest(path: Path) -> dict[str, str]:
     }
 
 
-def serving_on_free_ports(repository: Path, grpc_port: int | None = None, **kwargs: Any):
-    """``serve.serving`` (a context manager) on free ports; ``grpc_port`` fixed when given; ``kwargs`` as
-    for ``serve.start_server`` (``access``, ``tls``...)."""
+@contextlib.contextmanager
+def serving_on_free_ports(repository: Path, grpc_port: int | None = None, **kwargs: Any) -> Iterator[Any]:
+    """``serve.serving`` on free ports, its metrics endpoint up (Triton opens it a moment after it is ready,
+    and tests read their counts there); ``grpc_port`` fixed when given; ``kwargs`` as for
+    ``serve.start_server`` (``access``, ``tls``, ``no_http``...)."""
+    from triton_stats import metrics_url, wait_for_metrics
+
     from atari_trtis_demo.serving.serve import serving
 
     http, grpc_, metrics = free_ports(3)
-    return serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics, **kwargs)
+    with serving(repository, http_port=http, grpc_port=grpc_port or grpc_, metrics_port=metrics, **kwargs) as running:
+        if running.serves_http:
+            wait_for_metrics(metrics_url(running.address, running.metrics_port))
+        yield running
 
 
 def tritonserver_pid(workdir: str) -> int:

@@ -26,7 +26,7 @@ MAX_CRASHES = 5
 CRASH_WINDOW_S = 300.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # before the 1st, 2nd, 3rd, 4th+ restart within the window
 HEALTH_EVERY_S = 1.0  # how often Triton is asked whether it is live
-HEALTH_TIMEOUT_S = 2.0  # the deadline of one such call
+HEALTH_TIMEOUT_S = 1.0  # the deadline of one such call (Ctrl-C waits for it at most this long)
 WEDGED_AFTER_S = 10.0  # no answer for this long: wedged
 
 

@@ -154,11 +154,13 @@ class TritonServer:
     def _end_process(self, grace: float) -> None:
         """SIGTERM, then after ``grace`` s SIGKILL to Triton's whole process group (its backend stubs too).
 
-        SIGKILL also ends a stopped (SIGSTOP) or wedged Triton, which ignores SIGTERM.
+        SIGCONT right after SIGTERM (as systemd does) lets a stopped (SIGSTOP) Triton shut down as
+        asked instead of waiting out the grace; SIGKILL ends one that is wedged otherwise.
         """
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
+                os.killpg(self.process.pid, signal.SIGCONT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(grace)
         with contextlib.suppress(ProcessLookupError, PermissionError):
