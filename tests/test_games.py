@@ -42,8 +42,11 @@ def test_n_games_send_one_wave_per_step(batching_server, tmp_path: Path) -> None
         batching_server, "--games", "6", "--sync", "--fps", "0", "--max-steps", "40", "--json", str(stats)
     )
     assert result.returncode == 0, result.stderr
-    served = delta(before, counters(batching_server))
     figures = json.loads(stats.read_text())
+    # Triton counts a request a moment after its answer is sent: wait for the player's count, then compare.
+    sent = figures["latency_ms"]["count"]
+    wait_for_answers(batching_server, "atari", before["nv_inference_request_success"] + sent)
+    served = delta(before, counters(batching_server))
     assert PLAY_KEYS <= set(figures) and figures["mode"] == "sync"
     games = figures["games"]
     assert [g["game"] for g in games] == list(range(6)) and len({g["seed"] for g in games}) == 6, "seeded apart"
@@ -70,6 +73,8 @@ def test_a_wave_larger_than_the_model_batch_is_split_and_sent_at_once(batching_s
         assert client.max_request_batch == 32
         q = client.infer_wave(frames)
         singly = np.stack([client.infer(f) for f in frames])
+    # Triton counts a request a moment after its answer is sent: wait for the count, then check it exactly.
+    wait_for_answers(batching_server, "atari", before["nv_inference_request_success"] + 2 + 40)
     served = delta(before, counters(batching_server))
     assert q.shape == (40, 4) and np.allclose(q, singly, atol=1e-5)
     assert served["nv_inference_request_success"] == 2 + 40 and served["nv_inference_count"] == 80

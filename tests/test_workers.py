@@ -86,8 +86,12 @@ def test_two_workers_play_the_same_games_as_one_process(batching_server, tmp_pat
         before = read_metrics(url, "atari")
         result = play(batching_server, *flags, "--workers", str(workers), "--json", str(out))
         assert result.returncode == 0, result.stderr[-3000:]
-        served = delta(before, read_metrics(url, "atari"))
         figures = json.loads(out.read_text())
+        # Triton counts a request a moment after its answer is sent: wait for the players' count, then compare.
+        wait_for_answers(
+            batching_server, "atari", before["nv_inference_request_success"] + figures["latency_ms"]["count"]
+        )
+        served = delta(before, read_metrics(url, "atari"))
         # One wave (request) per step for each process's games, every game's stack in it once.
         assert served["nv_inference_request_success"] == figures["latency_ms"]["count"] == 60 * workers
         assert served["nv_inference_count"] == figures["requests"] == figures["steps"]
