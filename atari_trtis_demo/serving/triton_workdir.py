@@ -293,7 +293,10 @@ def remove_shm_regions(names: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
 
 # The python backend makes an empty directory at each start, under this fixed path (not
 # $TMPDIR, so not in the workdir), and removes it only when Triton shuts down cleanly: each
-# Triton killed (a death, a wedge, the SIGKILL after the grace) left one behind.
+# Triton killed (a death, a wedge, the SIGKILL after the grace) left one behind. A server
+# claims those that appeared between its launch and its readiness; another server of the same
+# user started in that moment may lose its own empty one early, which costs it one log line at
+# its shutdown (the directory only holds a conda-packed environment, which serve never uses).
 PYTHON_ENV_DIR = Path("/tmp")
 PYTHON_ENV_PREFIX = "python_env_"
 
