@@ -296,7 +296,7 @@ def remove_shm_regions(names: set[str], shm_dir: Path = SHM_DIR) -> list[str]:
 # Triton killed (a death, a wedge, the SIGKILL after the grace) left one behind. A server
 # claims those that appeared between its launch and its readiness; another server of the same
 # user started in that moment may lose its own empty one early, which costs it one log line at
-# its shutdown (the directory only holds a conda-packed environment, which serve never uses).
+# its shutdown (the directory only holds a conda-packed EXECUTION_ENV_PATH, which the twin never sets).
 PYTHON_ENV_DIR = Path("/tmp")
 PYTHON_ENV_PREFIX = "python_env_"
 
