@@ -271,13 +271,17 @@ class InferenceClient:
         parts = self.wave_parts(frames)
         if len(parts) == 1:
             return self.infer(parts[0], timeout).reshape(len(frames), -1)
-        return self.infer_wave_async(frames, timeout).result()
+        return self._joined([self.infer_async(part, timeout) for part in parts]).result()
 
     def infer_wave_async(self, frames: np.ndarray, timeout: float | None = None) -> concurrent.futures.Future:
         """Like :meth:`infer_wave` without waiting: a future of the (n, n_actions) Q-values, or of the first error."""
         futures = [self.infer_async(part, timeout) for part in self.wave_parts(frames)]
         if len(futures) == 1 and self.batched:
             return futures[0]
+        return self._joined(futures)
+
+    def _joined(self, futures: list[concurrent.futures.Future]) -> concurrent.futures.Future:
+        """One future of the parts' Q-values in order, (n, n_actions); or of the first part's error."""
         whole: concurrent.futures.Future = concurrent.futures.Future()
         whole.set_running_or_notify_cancel()
         left, lock = [len(futures)], threading.Lock()
