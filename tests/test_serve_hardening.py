@@ -39,6 +39,7 @@ from helpers import (
 from tritonclient.utils import InferenceServerException
 
 from atari_trtis_demo.client.channel import key_metadata
+from atari_trtis_demo.core.addresses import is_loopback
 from atari_trtis_demo.core.keys import ADMIN_HEADER, PLAYER_HEADER
 from atari_trtis_demo.kserve import kserve_v2_pb2 as pb
 from atari_trtis_demo.kserve.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -47,7 +48,6 @@ from atari_trtis_demo.serving.serve_security import (
     Access,
     grpc_metadata,
     http_address,
-    is_loopback,
     numeric_address,
     triton_address,
 )

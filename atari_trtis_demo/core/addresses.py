@@ -1,4 +1,4 @@
-"""Host names to IP addresses, for the player's ``--host`` and serve's ``--address`` alike."""
+"""Host names and IP addresses, for the player's ``--host`` and ``--web`` and serve's ``--address`` alike."""
 
 from __future__ import annotations
 
@@ -17,3 +17,14 @@ def ip_addresses(host: str, port: int | None = None) -> list[str]:
         pass
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ::1 (bracketed or not) or localhost: reachable from this machine only (other names are not)."""
+    bare = address.strip("[]")
+    if bare.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False

@@ -9,11 +9,11 @@ checked before aiohttp is imported.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import urllib.parse
 from dataclasses import dataclass
 
+from atari_trtis_demo.core.addresses import is_loopback
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import PLAYER_KEY_ENV, check_key
 
@@ -21,16 +21,6 @@ DEFAULT_HOST = "127.0.0.1"
 # --episodes when --web plays on until stopped: a year of 5-minute episodes, and game i's seeds
 # (seed + i * episodes) stay far from any integer limit for --games 1024.
 PLAY_ON_EPISODES = 100_000
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: reachable from this machine only (a name that is not localhost is not)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

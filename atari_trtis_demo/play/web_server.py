@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
+from atari_trtis_demo.core.addresses import is_loopback
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.play.controls import PAUSE, QUIT
-from atari_trtis_demo.play.web_address import WebAddress, is_loopback
+from atari_trtis_demo.play.web_address import WebAddress
 from atari_trtis_demo.play.web_frames import Picture, encode
 
 OTHER_KEY = "key"  # a viewer's key press that asks for nothing (commands); the others: controls.QUIT, PAUSE

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from atari_trtis_demo.core.addresses import is_loopback
 from atari_trtis_demo.core.cli_args import ArgumentParser, run_cli
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import PLAYER_HEADER, PLAYER_KEY_ENV
@@ -38,7 +39,6 @@ from atari_trtis_demo.serving.serve_security import (
     check_repository_files,
     check_tls_files,
     http_address,
-    is_loopback,
     numeric_address,
     socket_family,
     triton_address,

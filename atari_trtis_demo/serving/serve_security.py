@@ -22,7 +22,6 @@ HTTP it is ``403`` with ``{"error":"This API is restricted, expecting header '<h
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import socket
@@ -30,7 +29,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from atari_trtis_demo.core.addresses import ip_addresses
+from atari_trtis_demo.core.addresses import ip_addresses, is_loopback
 from atari_trtis_demo.core.errors import UserError
 from atari_trtis_demo.core.keys import (
     ADMIN_HEADER,
@@ -91,16 +90,6 @@ class Access:
         with os.fdopen(fd, "w") as f:
             f.write(self.admin_key + "\n")
         return path
-
-
-def is_loopback(address: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: reachable from this machine only."""
-    if address.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def numeric_address(address: str) -> str:
